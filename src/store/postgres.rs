@@ -1,0 +1,747 @@
+//! The PostgreSQL backend, for installs that run several instances against one database.
+//! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on each other's rows;
+//! outcome batches are one statement over `unnest`ed arrays (one round trip per batch).
+
+use std::time::Duration;
+
+use postgres::{NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use time::OffsetDateTime;
+
+use super::{
+    FINAL_LEASE_EXPIRED, OutcomeWrite, StoreOptions, headers_from_json, headers_to_json, into_page,
+    lease_end, new_lease_token, page_limit,
+};
+use crate::delivery::{
+    Attempt, Claim, Delivery, DeliveryDetail, Expired, ListFilter, MigrationState, NewDelivery,
+    Outcome, Page, Redrive, Stats, Status, StoredCredential,
+};
+use crate::error::{Error, Result, redact_url};
+
+struct Migration {
+    version: u32,
+    name: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    up: include_str!("../../schema.postgres.sql"),
+    down: "DROP TABLE webhook_credentials;
+           DROP TABLE workflow_run_organizations;
+           DROP TABLE webhook_delivery_attempts;
+           DROP TABLE webhook_deliveries;",
+}];
+
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS outbox_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)";
+
+/// Serialises migrations of one schema across processes (two instances starting at once).
+const MIGRATION_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('outbox:' || current_schema()))";
+
+/// Rows deleted per purge transaction.
+const PURGE_CHUNK: i64 = 5_000;
+
+/// Connecting gives up after this long, so a wrong host fails fast with a clear error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn columns(prefix: &str) -> String {
+    [
+        "id",
+        "delivery_uuid",
+        "organization_id",
+        "workflow_run_id",
+        "webhook_node_id",
+        "webhook_name",
+        "endpoint_url",
+        "http_method",
+        "payload::text",
+        "custom_headers::text",
+        "credential_uuid",
+        "status",
+        "attempt_count",
+        "max_attempts",
+        "scheduled_for",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "updated_at",
+        "lease_token",
+    ]
+    .map(|c| format!("{prefix}{c}"))
+    .join(", ")
+}
+
+/// Errors inside a transaction: the server's, or stored data that does not parse.
+enum PgError {
+    Db(postgres::Error),
+    Data(String),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> Self {
+        PgError::Db(e)
+    }
+}
+
+type PgResult<T> = std::result::Result<T, PgError>;
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    url: String,
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+}
+
+impl PostgresStore {
+    /// Connects to `url`, using `options.postgres_schema` as the search path when given.
+    ///
+    /// # Errors
+    /// [`Error::Postgres`] naming the URL (without password) when it does not parse or the
+    /// server cannot be reached.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<PostgresStore> {
+        let shown = redact_url(url);
+        let err = |source| Error::Postgres {
+            url: shown.clone(),
+            source,
+        };
+        let mut config: postgres::Config = url.parse().map_err(err)?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if let Some(schema) = &options.postgres_schema {
+            config.options(&format!("-c search_path={schema}"));
+        }
+        // Connect once now, so a wrong URL fails at open with the server's own reason.
+        let mut probe = config.connect(NoTls).map_err(err)?;
+        probe.simple_query("SELECT 1").map_err(err)?;
+        drop(probe);
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(options.pool_size.max(1))
+            .min_idle(Some(0))
+            .build_unchecked(manager);
+        Ok(PostgresStore { url: shown, pool })
+    }
+
+    fn err(&self, e: PgError) -> Error {
+        match e {
+            PgError::Db(source) => Error::Postgres {
+                url: self.url.clone(),
+                source,
+            },
+            PgError::Data(message) => Error::Schema {
+                target: self.describe_url(),
+                message,
+            },
+        }
+    }
+
+    fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get().map_err(|source| Error::Pool {
+            target: self.describe_url(),
+            source,
+        })
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Transaction) -> PgResult<T>) -> Result<T> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(|e| self.err(e.into()))?;
+        let value = f(&mut tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e.into()))?;
+        Ok(value)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&mut postgres::Client) -> PgResult<T>) -> Result<T> {
+        let mut client = self.client()?;
+        f(&mut client).map_err(|e| self.err(e))
+    }
+
+    fn describe_url(&self) -> String {
+        format!("PostgreSQL {}", self.url)
+    }
+}
+
+fn to_u32(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+fn row_to_delivery(row: &Row) -> PgResult<Delivery> {
+    let status: String = row.try_get(11)?;
+    let headers: Option<String> = row.try_get(9)?;
+    let code: Option<i32> = row.try_get(15)?;
+    Ok(Delivery {
+        id: row.try_get(0)?,
+        delivery_uuid: row.try_get(1)?,
+        organization_id: row.try_get(2)?,
+        workflow_run_id: row.try_get(3)?,
+        webhook_node_id: row.try_get(4)?,
+        webhook_name: row.try_get(5)?,
+        endpoint_url: row.try_get(6)?,
+        http_method: row.try_get(7)?,
+        payload: row.try_get(8)?,
+        custom_headers: headers_from_json(headers.as_deref()).map_err(PgError::Data)?,
+        credential_uuid: row.try_get(10)?,
+        status: Status::parse(&status).map_err(PgError::Data)?,
+        attempt_count: to_u32(row.try_get(12)?),
+        max_attempts: to_u32(row.try_get(13)?),
+        scheduled_for: row.try_get(14)?,
+        last_status_code: code.and_then(|c| u16::try_from(c).ok()),
+        last_error: row.try_get(16)?,
+        created_at: row.try_get(17)?,
+        updated_at: row.try_get(18)?,
+    })
+}
+
+fn rows_to_deliveries(rows: &[Row]) -> PgResult<Vec<Delivery>> {
+    rows.iter().map(row_to_delivery).collect()
+}
+
+fn applied_versions(tx: &mut Transaction) -> PgResult<Vec<u32>> {
+    tx.execute(MIGRATION_LOCK, &[])?;
+    tx.batch_execute(MIGRATIONS_TABLE)?;
+    let rows = tx.query(
+        "SELECT version FROM outbox_migrations ORDER BY version",
+        &[],
+    )?;
+    Ok(rows.iter().map(|r| to_u32(r.get(0))).collect())
+}
+
+fn insert_attempts(tx: &mut Transaction, rows: &[(i64, &Attempt)]) -> PgResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let numbers: Vec<i32> = rows.iter().map(|(_, a)| a.attempt_number as i32).collect();
+    let started: Vec<OffsetDateTime> = rows.iter().map(|(_, a)| a.started_at).collect();
+    let durations: Vec<i64> = rows
+        .iter()
+        .map(|(_, a)| i64::try_from(a.duration_ms).unwrap_or(i64::MAX))
+        .collect();
+    let codes: Vec<Option<i32>> = rows
+        .iter()
+        .map(|(_, a)| a.status_code.map(i32::from))
+        .collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|(_, a)| a.error.as_deref()).collect();
+    let excerpts: Vec<Option<&str>> = rows
+        .iter()
+        .map(|(_, a)| a.response_excerpt.as_deref())
+        .collect();
+    tx.execute(
+        "INSERT INTO webhook_delivery_attempts (delivery_id, attempt_number, started_at, \
+         duration_ms, status_code, error, response_excerpt) \
+         SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::bigint[], \
+                              $5::int[], $6::text[], $7::text[])",
+        &[
+            &ids, &numbers, &started, &durations, &codes, &errors, &excerpts,
+        ],
+    )?;
+    Ok(())
+}
+
+impl super::Store for PostgresStore {
+    fn describe(&self) -> String {
+        self.describe_url()
+    }
+
+    fn migrate_up(&self) -> Result<Vec<u32>> {
+        let mut applied_now = Vec::new();
+        for m in MIGRATIONS {
+            let applied = self.write(|tx| {
+                if applied_versions(tx)?.contains(&m.version) {
+                    return Ok(false);
+                }
+                tx.batch_execute(m.up)?;
+                tx.execute(
+                    "INSERT INTO outbox_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    &[&(m.version as i32), &m.name, &crate::clock::now()],
+                )?;
+                Ok(true)
+            })?;
+            if applied {
+                applied_now.push(m.version);
+            }
+        }
+        Ok(applied_now)
+    }
+
+    fn migrate_down(&self) -> Result<Option<u32>> {
+        self.write(|tx| {
+            let Some(latest) = applied_versions(tx)?.into_iter().max() else {
+                return Ok(None);
+            };
+            if let Some(m) = MIGRATIONS.iter().find(|m| m.version == latest) {
+                tx.batch_execute(m.down)?;
+            }
+            tx.execute(
+                "DELETE FROM outbox_migrations WHERE version = $1",
+                &[&(latest as i32)],
+            )?;
+            Ok(Some(latest))
+        })
+    }
+
+    fn migration_status(&self) -> Result<Vec<MigrationState>> {
+        let applied = self.write(applied_versions)?;
+        Ok(MIGRATIONS
+            .iter()
+            .map(|m| MigrationState {
+                version: m.version,
+                name: m.name,
+                applied: applied.contains(&m.version),
+            })
+            .collect())
+    }
+
+    fn schema_dump(&self) -> Result<String> {
+        self.read(|client| {
+            let mut lines = Vec::new();
+            for row in client.query(
+                "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, \
+                        coalesce(column_default::text, '') \
+                 FROM information_schema.columns WHERE table_schema = current_schema() \
+                 ORDER BY table_name, ordinal_position",
+                &[],
+            )? {
+                let (t, c, ty, null, def): (String, String, String, String, String) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+                lines.push(format!("column {t}.{c} {ty} null={null} default={def}"));
+            }
+            for row in client.query(
+                "SELECT indexname::text, indexdef FROM pg_indexes \
+                 WHERE schemaname = current_schema() ORDER BY indexname",
+                &[],
+            )? {
+                lines.push(format!(
+                    "index {}: {}",
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1)
+                ));
+            }
+            for row in client.query(
+                "SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid) \
+                 FROM pg_constraint WHERE connamespace = current_schema()::regnamespace \
+                 ORDER BY conrelid::regclass::text, conname",
+                &[],
+            )? {
+                lines.push(format!(
+                    "constraint {}.{}: {}",
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, String>(2)
+                ));
+            }
+            Ok(lines.join("\n"))
+        })
+    }
+
+    fn create_many(
+        &self,
+        new: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Result<(Delivery, bool)>>> {
+        self.write(|tx| {
+            let bind = tx.prepare(
+                "INSERT INTO workflow_run_organizations (workflow_run_id, organization_id, \
+                 created_at) VALUES ($1, $2, $3) ON CONFLICT (workflow_run_id) DO NOTHING",
+            )?;
+            let bound = tx.prepare(
+                "SELECT organization_id FROM workflow_run_organizations WHERE workflow_run_id = $1",
+            )?;
+            let insert = tx.prepare(&format!(
+                "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
+                 webhook_node_id, webhook_name, endpoint_url, http_method, payload, \
+                 custom_headers, credential_uuid, status, attempt_count, max_attempts, \
+                 scheduled_for, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                 CAST($8::text AS json), CAST($9::text AS json), $10, 'pending', 0, $11, $12, \
+                 $13, $13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
+                 RETURNING {}",
+                columns("")
+            ))?;
+            let existing = tx.prepare(&format!(
+                "SELECT {} FROM webhook_deliveries WHERE workflow_run_id = $1 AND webhook_node_id = $2",
+                columns("")
+            ))?;
+            let mut results = Vec::with_capacity(new.len());
+            for n in new {
+                // Insert first, then read: under READ COMMITTED a concurrent binder's row is
+                // seen once its transaction commits, so two organizations cannot both win.
+                tx.execute(&bind, &[&n.workflow_run_id, &n.organization_id, &now])?;
+                let owner: i64 = tx.query_one(&bound, &[&n.workflow_run_id])?.get(0);
+                if owner != n.organization_id {
+                    results.push(Err(Error::OrganizationMismatch {
+                        workflow_run_id: n.workflow_run_id,
+                        bound_organization_id: owner,
+                        organization_id: n.organization_id,
+                    }));
+                    continue;
+                }
+                let rows = tx.query(
+                    &insert,
+                    &[
+                        &uuid::Uuid::new_v4().to_string(),
+                        &n.organization_id,
+                        &n.workflow_run_id,
+                        &n.webhook_node_id,
+                        &n.webhook_name,
+                        &n.endpoint_url,
+                        &n.http_method,
+                        &n.payload,
+                        &headers_to_json(&n.custom_headers),
+                        &n.credential_uuid,
+                        &(n.max_attempts as i32),
+                        &n.scheduled_for.unwrap_or(now),
+                        &now,
+                    ],
+                )?;
+                match rows.first() {
+                    Some(row) => results.push(Ok((row_to_delivery(row)?, true))),
+                    None => {
+                        let row = tx.query_one(&existing, &[&n.workflow_run_id, &n.webhook_node_id])?;
+                        results.push(Ok((row_to_delivery(&row)?, false)));
+                    }
+                }
+            }
+            Ok(results)
+        })
+    }
+
+    fn claim_due(&self, now: OffsetDateTime, limit: u32, lease: Duration) -> Result<Vec<Claim>> {
+        let token = new_lease_token();
+        let until = lease_end(now, lease);
+        let mut claims = self.write(|tx| {
+            // The due predicate is repeated outside the CTE: a row locked-and-skipped is never
+            // returned, and a row changed between the scan and the lock is re-checked.
+            let rows = tx.query(
+                &format!(
+                    "WITH due AS ( \
+                         SELECT id FROM webhook_deliveries \
+                         WHERE status = 'pending' AND scheduled_for <= $1 \
+                           AND attempt_count < max_attempts \
+                         ORDER BY scheduled_for, id LIMIT $2 \
+                         FOR UPDATE SKIP LOCKED) \
+                     UPDATE webhook_deliveries d SET attempt_count = d.attempt_count + 1, \
+                         lease_token = $3, scheduled_for = $4, updated_at = $1 \
+                     FROM due WHERE d.id = due.id AND d.status = 'pending' \
+                       AND d.scheduled_for <= $1 AND d.attempt_count < d.max_attempts \
+                     RETURNING {}",
+                    columns("d.")
+                ),
+                &[&now, &i64::from(limit), &token, &until],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    Ok(Claim {
+                        delivery: row_to_delivery(row)?,
+                        lease_token: row.try_get(19)?,
+                    })
+                })
+                .collect::<PgResult<Vec<_>>>()
+        })?;
+        claims.sort_by_key(|c| c.delivery.id);
+        Ok(claims)
+    }
+
+    fn record(&self, outcomes: &[Outcome], now: OffsetDateTime) -> Result<Vec<bool>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes: Vec<OutcomeWrite> = outcomes
+            .iter()
+            .map(|o| OutcomeWrite::from(&o.transition))
+            .collect();
+        let ids: Vec<i64> = outcomes.iter().map(|o| o.delivery_id).collect();
+        let tokens: Vec<&str> = outcomes.iter().map(|o| o.lease_token.as_str()).collect();
+        let statuses: Vec<&str> = writes.iter().map(|w| w.status.as_str()).collect();
+        let scheduled: Vec<Option<OffsetDateTime>> =
+            writes.iter().map(|w| w.scheduled_for).collect();
+        let codes: Vec<Option<i32>> = writes.iter().map(|w| w.status_code).collect();
+        let errors: Vec<Option<&str>> = writes.iter().map(|w| w.error.as_deref()).collect();
+        let releases: Vec<bool> = writes.iter().map(|w| w.release).collect();
+        self.write(|tx| {
+            let rows = tx.query(
+                "UPDATE webhook_deliveries d SET status = v.status, \
+                     scheduled_for = v.scheduled_for, \
+                     last_status_code = CASE WHEN v.release THEN d.last_status_code ELSE v.status_code END, \
+                     last_error = CASE WHEN v.release THEN d.last_error ELSE v.error END, \
+                     attempt_count = d.attempt_count - CASE WHEN v.release THEN 1 ELSE 0 END, \
+                     lease_token = NULL, updated_at = $8 \
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], \
+                             $6::text[], $7::bool[]) \
+                      AS v(id, token, status, scheduled_for, status_code, error, release) \
+                 WHERE d.id = v.id AND d.lease_token = v.token \
+                 RETURNING d.id",
+                &[&ids, &tokens, &statuses, &scheduled, &codes, &errors, &releases, &now],
+            )?;
+            let applied_ids: std::collections::HashSet<i64> =
+                rows.iter().map(|r| r.get(0)).collect();
+            let attempts: Vec<(i64, &Attempt)> = outcomes
+                .iter()
+                .filter(|o| applied_ids.contains(&o.delivery_id))
+                .filter_map(|o| o.attempt.as_ref().map(|a| (o.delivery_id, a)))
+                .collect();
+            insert_attempts(tx, &attempts)?;
+            Ok(outcomes
+                .iter()
+                .map(|o| applied_ids.contains(&o.delivery_id))
+                .collect())
+        })
+    }
+
+    fn expire_final_leases(&self, now: OffsetDateTime) -> Result<Vec<Expired>> {
+        self.write(|tx| {
+            let rows = tx.query(
+                "UPDATE webhook_deliveries SET status = 'dead_letter', scheduled_for = NULL, \
+                 lease_token = NULL, last_error = $1, last_status_code = NULL, updated_at = $2 \
+                 WHERE status = 'pending' AND attempt_count >= max_attempts \
+                   AND scheduled_for <= $2 \
+                 RETURNING id, delivery_uuid, attempt_count",
+                &[&FINAL_LEASE_EXPIRED, &now],
+            )?;
+            let expired: Vec<Expired> = rows
+                .iter()
+                .map(|r| Expired {
+                    id: r.get(0),
+                    delivery_uuid: r.get(1),
+                    attempt_count: to_u32(r.get(2)),
+                })
+                .collect();
+            let attempts: Vec<Attempt> = expired
+                .iter()
+                .map(|e| Attempt {
+                    attempt_number: e.attempt_count,
+                    started_at: now,
+                    duration_ms: 0,
+                    status_code: None,
+                    error: Some(FINAL_LEASE_EXPIRED.to_string()),
+                    response_excerpt: None,
+                })
+                .collect();
+            let pairs: Vec<(i64, &Attempt)> =
+                expired.iter().map(|e| e.id).zip(attempts.iter()).collect();
+            insert_attempts(tx, &pairs)?;
+            Ok(expired)
+        })
+    }
+
+    fn get(&self, delivery_uuid: &str) -> Result<Option<DeliveryDetail>> {
+        self.read(|client| {
+            let rows = client.query(
+                &format!(
+                    "SELECT {} FROM webhook_deliveries WHERE delivery_uuid = $1",
+                    columns("")
+                ),
+                &[&delivery_uuid],
+            )?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let delivery = row_to_delivery(row)?;
+            let attempts = client
+                .query(
+                    "SELECT attempt_number, started_at, duration_ms, status_code, error, \
+                     response_excerpt FROM webhook_delivery_attempts WHERE delivery_id = $1 \
+                     ORDER BY id",
+                    &[&delivery.id],
+                )?
+                .iter()
+                .map(|r| {
+                    let code: Option<i32> = r.try_get(3)?;
+                    Ok(Attempt {
+                        attempt_number: to_u32(r.try_get(0)?),
+                        started_at: r.try_get(1)?,
+                        duration_ms: r.try_get::<_, i64>(2)?.max(0) as u64,
+                        status_code: code.and_then(|c| u16::try_from(c).ok()),
+                        error: r.try_get(4)?,
+                        response_excerpt: r.try_get(5)?,
+                    })
+                })
+                .collect::<PgResult<Vec<_>>>()?;
+            Ok(Some(DeliveryDetail { delivery, attempts }))
+        })
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Page> {
+        let limit = page_limit(filter.limit);
+        let status_clause = filter
+            .status
+            .map(|s| format!(" AND status = '{}'", s.as_str()))
+            .unwrap_or_default();
+        let sql = format!(
+            "SELECT {} FROM webhook_deliveries WHERE id > $1{status_clause} \
+             AND ($3::bigint IS NULL OR organization_id = $3) ORDER BY id LIMIT $2",
+            columns("")
+        );
+        let rows = self.read(|client| {
+            let rows = client.query(
+                &sql,
+                &[
+                    &filter.after.unwrap_or(0),
+                    &i64::from(limit + 1),
+                    &filter.organization_id,
+                ],
+            )?;
+            rows_to_deliveries(&rows)
+        })?;
+        Ok(into_page(rows, limit))
+    }
+
+    fn redrive(&self, delivery_uuid: &str, now: OffsetDateTime) -> Result<Redrive> {
+        self.write(|tx| {
+            let rows = tx.query(
+                &format!(
+                    "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
+                     scheduled_for = $2, lease_token = NULL, updated_at = $2 \
+                     WHERE delivery_uuid = $1 AND status = 'dead_letter' RETURNING {}",
+                    columns("")
+                ),
+                &[&delivery_uuid, &now],
+            )?;
+            if let Some(row) = rows.first() {
+                return Ok(Redrive::Redriven(Box::new(row_to_delivery(row)?)));
+            }
+            let rows = tx.query(
+                "SELECT status FROM webhook_deliveries WHERE delivery_uuid = $1",
+                &[&delivery_uuid],
+            )?;
+            match rows.first() {
+                None => Ok(Redrive::NotFound),
+                Some(r) => Ok(Redrive::NotDeadLetter(
+                    Status::parse(r.get(0)).map_err(PgError::Data)?,
+                )),
+            }
+        })
+    }
+
+    fn redrive_all(&self, organization_id: Option<i64>, now: OffsetDateTime) -> Result<u64> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
+                 scheduled_for = $1, lease_token = NULL, updated_at = $1 \
+                 WHERE status = 'dead_letter' AND ($2::bigint IS NULL OR organization_id = $2)",
+                &[&now, &organization_id],
+            )?)
+        })
+    }
+
+    fn purge(&self, older_than: OffsetDateTime) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.write(|tx| {
+                Ok(tx.execute(
+                    "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+                     WHERE status IN ('succeeded', 'dead_letter') AND updated_at < $1 LIMIT $2)",
+                    &[&older_than, &PURGE_CHUNK],
+                )?)
+            })?;
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn stats(&self, now: OffsetDateTime) -> Result<Stats> {
+        self.read(|client| {
+            let mut stats = Stats::default();
+            for row in client.query(
+                "SELECT status, count(*) FROM webhook_deliveries GROUP BY status",
+                &[],
+            )? {
+                let n = row.get::<_, i64>(1).max(0) as u64;
+                match Status::parse(row.get(0)) {
+                    Ok(Status::Pending) => stats.pending = n,
+                    Ok(Status::Succeeded) => stats.succeeded = n,
+                    Ok(Status::DeadLetter) => stats.dead_letter = n,
+                    Err(_) => {}
+                }
+            }
+            let row = client.query_one(
+                "SELECT count(*), min(scheduled_for) FROM webhook_deliveries \
+                 WHERE status = 'pending' AND scheduled_for <= $1 AND lease_token IS NULL",
+                &[&now],
+            )?;
+            stats.due = row.get::<_, i64>(0).max(0) as u64;
+            let oldest: Option<OffsetDateTime> = row.get(1);
+            stats.oldest_due_ms = oldest.map(|t| (now - t).whole_milliseconds().max(0) as u64);
+            Ok(stats)
+        })
+    }
+
+    fn next_due_at(&self) -> Result<Option<OffsetDateTime>> {
+        self.read(|client| {
+            Ok(client
+                .query_one(
+                    "SELECT min(scheduled_for) FROM webhook_deliveries WHERE status = 'pending'",
+                    &[],
+                )?
+                .get(0))
+        })
+    }
+
+    fn put_credential(&self, c: &StoredCredential) -> Result<bool> {
+        let outcome = self.write(|tx| {
+            // The WHERE keeps another organization's credential untouched: no row comes back.
+            let rows = tx.query(
+                "INSERT INTO webhook_credentials (credential_uuid, organization_id, \
+                 credential_type, sealed_data, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (credential_uuid) DO UPDATE SET \
+                 credential_type = excluded.credential_type, sealed_data = excluded.sealed_data, \
+                 updated_at = excluded.updated_at \
+                 WHERE webhook_credentials.organization_id = excluded.organization_id \
+                 RETURNING (xmax = 0)",
+                &[
+                    &c.credential_uuid,
+                    &c.organization_id,
+                    &c.credential_type,
+                    &c.sealed_data,
+                    &c.created_at,
+                    &c.updated_at,
+                ],
+            )?;
+            Ok(rows.first().map(|r| r.get::<_, bool>(0)))
+        })?;
+        outcome.ok_or_else(|| {
+            Error::Conflict(format!(
+                "credential {} belongs to another organization",
+                c.credential_uuid
+            ))
+        })
+    }
+
+    fn get_credential(
+        &self,
+        credential_uuid: &str,
+        organization_id: i64,
+    ) -> Result<Option<StoredCredential>> {
+        self.read(|client| {
+            let rows = client.query(
+                "SELECT credential_uuid, organization_id, credential_type, sealed_data, \
+                 created_at, updated_at FROM webhook_credentials \
+                 WHERE credential_uuid = $1 AND organization_id = $2",
+                &[&credential_uuid, &organization_id],
+            )?;
+            rows.first()
+                .map(|r| {
+                    Ok(StoredCredential {
+                        credential_uuid: r.try_get(0)?,
+                        organization_id: r.try_get(1)?,
+                        credential_type: r.try_get(2)?,
+                        sealed_data: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        updated_at: r.try_get(5)?,
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn delete_credential(&self, credential_uuid: &str, organization_id: i64) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM webhook_credentials WHERE credential_uuid = $1 AND organization_id = $2",
+                &[&credential_uuid, &organization_id],
+            )? == 1)
+        })
+    }
+}
