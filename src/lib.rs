@@ -1,10 +1,19 @@
 //! outbox: a durable webhook outbox. See README.md.
 
 pub mod clock;
+pub mod config;
+pub mod credential;
 pub mod delivery;
+pub mod engine;
 pub mod error;
+pub mod headers;
+pub mod http_server;
+pub mod metrics;
 pub mod policy;
+pub mod render;
 pub mod secret_box;
+pub mod send;
 pub mod store;
+pub mod vault;
 
 pub use error::{Error, Result};

@@ -2,6 +2,8 @@
 //! own per test) and delivery builders.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 

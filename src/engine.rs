@@ -1,0 +1,576 @@
+//! The delivery engine: one claimer, N senders, one recorder.
+//!
+//! ```text
+//! claimer --(claims, bounded)--> senders --(outcomes)--> recorder
+//!    ^                                                      |
+//!    +------------- wake: enqueue, freed capacity ----------+
+//! ```
+//!
+//! The claimer takes due rows in batches sized to free capacity; each sender makes one attempt
+//! at a time; the recorder writes outcomes in batches, one transaction each. No transaction is
+//! ever open across an HTTP call: the lease on the row is what holds it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender as ChannelSender};
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
+use crate::config::{EngineConfig, LEASE_MARGIN};
+use crate::delivery::{
+    Attempt, Claim, MAX_ERROR_CHARS, Outcome, Transition, method_has_body, truncate_chars,
+};
+use crate::headers::{request_headers, url_origin};
+use crate::metrics::{AttemptResult, Metrics};
+use crate::policy::{Decision, Verdict, classify_status, decide, retry_delay};
+use crate::send::{Request, Response, Sender};
+use crate::store::Store;
+
+/// Resolves a delivery's credential into the header it adds, per attempt (so a rotation or a
+/// revocation takes effect on the next attempt).
+pub trait CredentialSource: Send + Sync {
+    /// The header to add, or why there is none (missing, revoked, unreadable): the attempt is
+    /// then not sent, since sending without auth would only earn a 401.
+    ///
+    /// # Errors
+    /// A message for the attempt history.
+    fn auth_header(
+        &self,
+        credential_uuid: &str,
+        organization_id: i64,
+    ) -> Result<(String, String), String>;
+}
+
+/// Most outcomes written in one transaction.
+const RECORD_BATCH: usize = 512;
+/// How often rows whose final lease ran out are dead-lettered.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How long the claimer waits after a store error before trying again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// The stored error keeps this much of a non-2xx body (the origin's 200).
+const ERROR_BODY_CHARS: usize = 200;
+/// Claimed-but-unsent rows per sender are bounded by the time they would wait: the queue holds
+/// at most what the senders get through in a quarter of the lease, within these bounds.
+const MIN_QUEUE_PER_SENDER: usize = 2;
+const MAX_QUEUE_PER_SENDER: usize = 64;
+
+struct Shared {
+    store: Arc<dyn Store>,
+    sender: Arc<dyn Sender>,
+    credentials: Arc<dyn CredentialSource>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    wake_flag: Mutex<bool>,
+    wake: Condvar,
+    /// Set by shutdown: stop claiming, hand queued claims back unsent.
+    stopping: AtomicBool,
+    /// Rows claimed whose outcome is not yet written.
+    in_flight: AtomicUsize,
+    /// Moving average of one send, in microseconds, to size the queue.
+    avg_send_micros: AtomicU64,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let mut flag = self
+            .wake_flag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *flag = true;
+        self.wake.notify_all();
+    }
+
+    /// Sleeps up to `timeout`, or until woken; a wake that came before the sleep counts.
+    fn sleep(&self, timeout: Duration) {
+        let mut flag = self
+            .wake_flag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*flag && !self.stopping.load(Ordering::Acquire) {
+            flag = self
+                .wake
+                .wait_timeout(flag, timeout)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *flag = false;
+    }
+
+    /// How many claimed rows may be in flight: enough for batching when sends are fast, few
+    /// enough that a queued row is sent well within its lease when sends are slow.
+    fn capacity(&self) -> usize {
+        let senders = self.config.senders;
+        let avg = self.avg_send_micros.load(Ordering::Relaxed).max(1);
+        let budget = self.config.lease.as_micros() as u64 / 4;
+        let per_sender = (budget / avg) as usize;
+        senders * per_sender.clamp(MIN_QUEUE_PER_SENDER, MAX_QUEUE_PER_SENDER)
+    }
+
+    fn note_send_time(&self, took: Duration) {
+        let sample = took.as_micros() as u64;
+        let old = self.avg_send_micros.load(Ordering::Relaxed);
+        // EWMA with weight 1/16: smooth, but follows a receiver that slows down within seconds.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 16 + sample / 16
+        };
+        self.avg_send_micros.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Wakes the claimer at once: call it after an enqueue commits.
+#[derive(Clone)]
+pub struct Waker(Arc<Shared>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.wake();
+    }
+}
+
+/// What a graceful stop did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Claimed rows handed back unsent (their attempt not spent).
+    pub released: u64,
+    /// Whether every thread finished within the drain deadline. If not, the rows still in
+    /// flight come back when their leases end.
+    pub clean: bool,
+}
+
+/// A running engine. Dropping it without [`Engine::shutdown`] leaves its threads running.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Validates the configuration and starts the claimer, the senders and the recorder.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when the configuration cannot work (see
+    /// [`EngineConfig::validate`]), or a thread cannot be started.
+    pub fn start(
+        store: Arc<dyn Store>,
+        sender: Arc<dyn Sender>,
+        credentials: Arc<dyn CredentialSource>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> crate::Result<Engine> {
+        config.validate()?;
+        let senders = config.senders;
+        let shared = Arc::new(Shared {
+            store,
+            sender,
+            credentials,
+            clock,
+            config,
+            metrics,
+            wake_flag: Mutex::new(true),
+            wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            avg_send_micros: AtomicU64::new(0),
+        });
+        let (claims_tx, claims_rx) =
+            crossbeam_channel::bounded::<Claim>(senders * MAX_QUEUE_PER_SENDER);
+        let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded::<Outcome>();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| crate::Error::Config(format!("cannot start a thread: {e}")))
+        };
+        let mut threads = Vec::with_capacity(senders + 2);
+        {
+            let shared = Arc::clone(&shared);
+            threads.push(spawn(
+                "outbox-claimer".into(),
+                Box::new(move || claimer(&shared, claims_tx)),
+            )?);
+        }
+        for i in 0..senders {
+            let shared = Arc::clone(&shared);
+            let claims = claims_rx.clone();
+            let outcomes = outcomes_tx.clone();
+            threads.push(spawn(
+                format!("outbox-sender-{i}"),
+                Box::new(move || sender_loop(&shared, &claims, &outcomes)),
+            )?);
+        }
+        drop(outcomes_tx);
+        {
+            let shared = Arc::clone(&shared);
+            threads.push(spawn(
+                "outbox-recorder".into(),
+                Box::new(move || recorder(&shared, &outcomes_rx)),
+            )?);
+        }
+        Ok(Engine { shared, threads })
+    }
+
+    /// A handle that wakes the claimer (after an enqueue in this process).
+    pub fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.shared))
+    }
+
+    /// Graceful stop: no more claims; sends under way finish (up to the configured drain
+    /// timeout); claimed rows not yet sent are handed back as due now without spending their
+    /// attempt; outcomes are written; then the threads end.
+    pub fn shutdown(self) -> DrainReport {
+        let released_before = self.shared.metrics.released.load(Ordering::Relaxed);
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.wake();
+        let deadline = Instant::now() + self.shared.config.drain_timeout;
+        let mut clean = true;
+        for thread in self.threads {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                clean = false;
+            }
+        }
+        let released = self.shared.metrics.released.load(Ordering::Relaxed) - released_before;
+        if !clean {
+            log::warn!(
+                "drain deadline reached with {} deliveries in flight: they are sent again after their lease",
+                self.shared.in_flight.load(Ordering::Relaxed)
+            );
+        }
+        DrainReport { released, clean }
+    }
+}
+
+fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
+    let config = &shared.config;
+    let mut last_expire: Option<Instant> = None;
+    while !shared.stopping.load(Ordering::Acquire) {
+        if last_expire.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
+            last_expire = Some(Instant::now());
+            match shared.store.expire_final_leases(shared.clock.now()) {
+                Ok(expired) => {
+                    for e in expired {
+                        log::warn!(
+                            "delivery {} dead-lettered: lease expired during its final attempt {}; outcome unknown",
+                            e.delivery_uuid,
+                            e.attempt_count
+                        );
+                    }
+                }
+                Err(e) => log::error!("expiring final leases failed: {e}"),
+            }
+        }
+        let capacity = shared.capacity();
+        let in_flight = shared.in_flight.load(Ordering::Acquire);
+        let free = capacity.saturating_sub(in_flight);
+        // Wait for a worthwhile batch unless the pipeline is empty, so claims stay batched
+        // under load and a lone enqueue still goes out at once.
+        let worthwhile = (capacity / 4).clamp(1, config.claim_batch as usize);
+        if free == 0 || (in_flight > 0 && free < worthwhile) {
+            shared.sleep(config.poll_interval);
+            continue;
+        }
+        let limit = free.min(config.claim_batch as usize);
+        let now = shared.clock.now();
+        let batch = match shared.store.claim_due(now, limit as u32, config.lease) {
+            Ok(batch) => batch,
+            Err(e) => {
+                log::error!("claiming due deliveries failed: {e}");
+                shared.sleep(STORE_ERROR_PAUSE);
+                continue;
+            }
+        };
+        let got = batch.len();
+        shared.in_flight.fetch_add(got, Ordering::AcqRel);
+        for claim in batch {
+            if claims.send(claim).is_err() {
+                return;
+            }
+        }
+        if got == limit {
+            continue; // more may be due right now
+        }
+        // Nothing else is due: sleep until the next row is, capped by the poll interval (the
+        // backstop for rows other processes insert), or until woken.
+        let wait = match shared.store.next_due_at() {
+            Ok(Some(next)) => until(next, shared.clock.now()).min(config.poll_interval),
+            Ok(None) => config.poll_interval,
+            Err(e) => {
+                log::error!("reading the next due time failed: {e}");
+                STORE_ERROR_PAUSE
+            }
+        };
+        // A due row we could not claim (its budget spent) waits for expiry, not a busy loop.
+        let wait = if wait.is_zero() {
+            EXPIRE_EVERY.min(config.poll_interval)
+        } else {
+            wait
+        };
+        shared.sleep(wait);
+    }
+}
+
+fn until(t: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    Duration::try_from(t - now).unwrap_or(Duration::ZERO)
+}
+
+fn sender_loop(shared: &Shared, claims: &Receiver<Claim>, outcomes: &ChannelSender<Outcome>) {
+    while let Ok(claim) = claims.recv() {
+        let outcome =
+            if shared.stopping.load(Ordering::Acquire) || !lease_allows_send(shared, &claim) {
+                release(shared, &claim)
+            } else {
+                attempt(shared, &claim)
+            };
+        if outcomes.send(outcome).is_err() {
+            return;
+        }
+    }
+}
+
+/// A claim that waited in the queue too long to finish within its lease is handed back rather
+/// than sent: another worker may take it when the lease ends, and two sends would race.
+fn lease_allows_send(shared: &Shared, claim: &Claim) -> bool {
+    let Some(lease_end) = claim.delivery.scheduled_for else {
+        return false;
+    };
+    until(lease_end, shared.clock.now()) >= shared.config.http.timeout + LEASE_MARGIN / 2
+}
+
+fn release(shared: &Shared, claim: &Claim) -> Outcome {
+    shared.metrics.released.fetch_add(1, Ordering::Relaxed);
+    Outcome {
+        delivery_id: claim.delivery.id,
+        lease_token: claim.lease_token.clone(),
+        transition: Transition::Release {
+            at: shared.clock.now(),
+        },
+        attempt: None,
+    }
+}
+
+/// Makes one attempt and decides what it means for the delivery.
+fn attempt(shared: &Shared, claim: &Claim) -> Outcome {
+    let d = &claim.delivery;
+    let n = claim.attempt();
+    let started_at = shared.clock.now();
+    let timer = Instant::now();
+    let auth = match &d.credential_uuid {
+        None => Ok(None),
+        Some(uuid) => shared
+            .credentials
+            .auth_header(uuid, d.organization_id)
+            .map(Some),
+    };
+    let response = match auth {
+        Err(error) => Response::Failed { error },
+        Ok(auth) => {
+            let has_body = method_has_body(&d.http_method);
+            let headers = request_headers(
+                has_body,
+                auth.as_ref(),
+                &d.custom_headers,
+                &d.delivery_uuid,
+                d.workflow_run_id,
+                n,
+            );
+            shared.sender.send(&Request {
+                method: &d.http_method,
+                url: &d.endpoint_url,
+                headers: &headers,
+                body: has_body.then_some(d.payload.as_bytes()),
+            })
+        }
+    };
+    let took = timer.elapsed();
+    shared.note_send_time(took);
+
+    let (verdict, status_code, retry_after, error, excerpt) = match response {
+        Response::Received {
+            status,
+            retry_after,
+            excerpt,
+        } => {
+            let verdict = classify_status(status);
+            let error = (verdict != Verdict::Succeeded).then(|| {
+                format!(
+                    "HTTP {status}: {}",
+                    truncate_chars(&excerpt, ERROR_BODY_CHARS)
+                )
+            });
+            (verdict, Some(status), retry_after, error, Some(excerpt))
+        }
+        Response::Failed { error } => (Verdict::Transient, None, None, Some(error), None),
+    };
+    let decision = decide(verdict, n, d.max_attempts, || {
+        retry_delay(
+            &shared.config.retry,
+            n,
+            status_code,
+            retry_after.as_deref(),
+            started_at,
+            jitter(),
+        )
+    });
+    let error_text = error.clone().unwrap_or_default();
+    let (transition, result, note) = match decision {
+        Decision::Succeeded => (
+            Transition::Succeeded {
+                status_code: status_code.unwrap_or(200),
+            },
+            AttemptResult::Succeeded,
+            String::new(),
+        ),
+        Decision::Retry { delay } => (
+            Transition::Retry {
+                at: shared.clock.now() + delay,
+                status_code,
+                error: error_text.clone(),
+            },
+            AttemptResult::Retry,
+            format!("; retrying in {:.1}s", delay.as_secs_f64()),
+        ),
+        Decision::DeadLetter => (
+            Transition::DeadLetter {
+                status_code,
+                error: error_text.clone(),
+            },
+            AttemptResult::DeadLetter,
+            if verdict == Verdict::Transient {
+                format!("; dead-lettered after {n} attempts")
+            } else {
+                "; dead-lettered (permanent)".to_string()
+            },
+        ),
+    };
+    shared.metrics.attempt(result, took);
+    // One line per attempt: the origin only (no path, query or credentials), never header values.
+    let what = match (status_code, &error) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, Some(e)) => truncate_chars(e, 200).to_string(),
+        (None, None) => String::new(),
+    };
+    log::info!(
+        "delivery {} attempt {n}/{}: {} {} -> {what} in {} ms{note}",
+        d.delivery_uuid,
+        d.max_attempts,
+        d.http_method,
+        url_origin(&d.endpoint_url),
+        took.as_millis()
+    );
+    Outcome {
+        delivery_id: d.id,
+        lease_token: claim.lease_token.clone(),
+        transition,
+        attempt: Some(Attempt {
+            attempt_number: n,
+            started_at,
+            duration_ms: took.as_millis() as u64,
+            status_code,
+            error: error.map(|e| truncate_chars(&e, MAX_ERROR_CHARS).to_string()),
+            response_excerpt: excerpt,
+        }),
+    }
+}
+
+fn recorder(shared: &Shared, outcomes: &Receiver<Outcome>) {
+    while let Ok(first) = outcomes.recv() {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match outcomes.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        write_outcomes(shared, &batch);
+        shared.in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
+        shared.wake();
+    }
+}
+
+/// Writes a batch, retrying a failed write with backoff for up to one lease. Past that the
+/// rows are due again anyway: each is re-sent with the same delivery id (never dead-lettered
+/// for a write that failed), and this late write would be fenced out.
+fn write_outcomes(shared: &Shared, batch: &[Outcome]) {
+    let give_up = Instant::now() + shared.config.lease;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match shared.store.record(batch, shared.clock.now()) {
+            Ok(applied) => {
+                let stale = applied.iter().filter(|a| !**a).count();
+                if stale > 0 {
+                    shared
+                        .metrics
+                        .stale_outcomes
+                        .fetch_add(stale as u64, Ordering::Relaxed);
+                    log::warn!(
+                        "{stale} outcome(s) refused by the lease fence: another worker holds those rows"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                shared.metrics.record_errors.fetch_add(1, Ordering::Relaxed);
+                let stopping_late =
+                    shared.stopping.load(Ordering::Acquire) && pause >= Duration::from_secs(1);
+                if Instant::now() + pause > give_up || stopping_late {
+                    log::error!(
+                        "recording {} outcome(s) failed, giving up: {e}; those deliveries are sent again after their lease",
+                        batch.len()
+                    );
+                    return;
+                }
+                log::warn!(
+                    "recording {} outcome(s) failed, retrying in {pause:?}: {e}",
+                    batch.len()
+                );
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// A uniform number in [0, 1) for backoff jitter. Not for secrets: a per-thread xorshift
+/// seeded from the OS.
+fn jitter() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let values: Vec<f64> = (0..1000).map(|_| jitter()).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let distinct: std::collections::HashSet<u64> = values.iter().map(|v| v.to_bits()).collect();
+        assert!(distinct.len() > 990);
+    }
+}
