@@ -44,6 +44,10 @@ pub enum Error {
     /// another organization); nothing was written.
     #[error("{0}")]
     Conflict(String),
+    /// The store failed for a whole batch (for example the disk is full); nothing of the
+    /// batch was written and the caller may try again.
+    #[error("{0}")]
+    Unavailable(String),
     /// A configuration value is missing or wrong; the service refuses to start.
     #[error("configuration: {0}")]
     Config(String),
