@@ -131,3 +131,87 @@ pub fn new_delivery(run: i64, node: &str) -> NewDelivery {
         scheduled_for: None,
     }
 }
+
+/// An engine configuration with short delays, so retries happen in milliseconds.
+pub fn fast_engine_config() -> outbox::config::EngineConfig {
+    use std::time::Duration;
+    let mut config = outbox::config::EngineConfig {
+        senders: 4,
+        claim_batch: 64,
+        poll_interval: Duration::from_millis(50),
+        drain_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    config.retry.base_delay = Duration::from_millis(50);
+    config.retry.max_delay = Duration::from_millis(500);
+    config.retry.retry_after_cap = Duration::from_secs(10);
+    config.http.timeout = Duration::from_secs(1);
+    config.http.connect_timeout = Duration::from_secs(1);
+    config.http.idle_per_host = 4;
+    config.lease = Duration::from_secs(6);
+    config
+}
+
+/// A running engine over a store, with the real ureq sender, a vault and the system clock.
+pub struct RunningEngine {
+    pub engine: Option<outbox::engine::Engine>,
+    pub vault: Arc<outbox::vault::Vault>,
+    pub metrics: Arc<outbox::metrics::Metrics>,
+}
+
+impl RunningEngine {
+    pub fn start(store: &Arc<dyn Store>, config: outbox::config::EngineConfig) -> RunningEngine {
+        let key = outbox::secret_box::MasterKey::generate().expect("key");
+        let vault = Arc::new(outbox::vault::Vault::new(Arc::clone(store), key));
+        let metrics = Arc::new(outbox::metrics::Metrics::default());
+        let sender = Arc::new(outbox::send::UreqSender::new(&config.http).expect("sender"));
+        let engine = outbox::engine::Engine::start(
+            Arc::clone(store),
+            sender,
+            vault.clone(),
+            Arc::new(outbox::clock::SystemClock),
+            config,
+            Arc::clone(&metrics),
+        )
+        .expect("engine starts");
+        RunningEngine {
+            engine: Some(engine),
+            vault,
+            metrics,
+        }
+    }
+
+    pub fn wake(&self) {
+        if let Some(e) = &self.engine {
+            e.waker().wake();
+        }
+    }
+
+    pub fn shutdown(&mut self) -> Option<outbox::engine::DrainReport> {
+        self.engine.take().map(|e| e.shutdown())
+    }
+}
+
+impl Drop for RunningEngine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Waits until the delivery is no longer pending (or `timeout` passes) and returns it.
+pub fn wait_terminal(
+    store: &Arc<dyn Store>,
+    uuid: &str,
+    timeout: std::time::Duration,
+) -> outbox::delivery::DeliveryDetail {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let detail = store.get(uuid).expect("get").expect("exists");
+        if detail.delivery.status != outbox::delivery::Status::Pending
+            || std::time::Instant::now() >= deadline
+        {
+            return detail;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
