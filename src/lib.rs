@@ -1,13 +1,16 @@
 //! outbox: a durable webhook outbox. See README.md.
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod delivery;
 pub mod engine;
+pub mod enqueue;
 pub mod error;
 pub mod headers;
 pub mod http_server;
+pub mod json;
 pub mod metrics;
 pub mod policy;
 pub mod render;
