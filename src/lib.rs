@@ -17,6 +17,7 @@ pub mod render;
 pub mod secret_box;
 pub mod send;
 pub mod store;
+pub mod systemd;
 pub mod vault;
 
 pub use error::{Error, Result};
