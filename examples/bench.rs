@@ -1,0 +1,705 @@
+//! The benchmark: `cargo run --release --example bench -- [options]`.
+//!
+//! Starts a fast local receiver (threads of this process), then measures and prints:
+//! 1. ceiling: bare HTTP POSTs to the receiver with the same sender count (no database);
+//! 2. naive: a per-row loop (claim 1, send, record 1; a commit each), the design replaced;
+//! 3. outbox: the real engine draining a backlog of N deliveries (1 KiB payloads) on SQLite
+//!    with synchronous=FULL and NORMAL, and on PostgreSQL when `--postgres URL` is given;
+//! 4. enqueue: deliveries/s accepted through the HTTP API of a real `outbox serve` process
+//!    with 16 keep-alive clients (each 201 means committed);
+//! 5. latency: enqueue -> first attempt p50/p99 at a fixed offered rate;
+//! 6. the `outbox serve` process's peak RSS under load, RSS when idle, and its CPU use over
+//!    10 s with nothing due.
+//!
+//! It prints figures; it does not pass or fail.
+//!
+//! Options (defaults): --deliveries 100000, --senders 4, --postgres URL (none),
+//! --rate 1000 (latency, per second), --latency-seconds 5, --enqueue-seconds 5,
+//! --enqueue-clients 16, --idle-seconds 10, --only LIST (comma-separated sections:
+//! ceiling,naive,outbox,serve).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outbox::clock::{self, SystemClock};
+use outbox::config::EngineConfig;
+use outbox::delivery::{NewDelivery, Outcome, Transition};
+use outbox::engine::{CredentialSource, Engine};
+use outbox::headers::request_headers;
+use outbox::http_server::{Response, Server, ServerConfig, ServerHandle};
+use outbox::metrics::{AttemptResult, Metrics};
+use outbox::send::{Request, Sender, UreqSender};
+use outbox::store::{self, Store, StoreOptions, Synchronous};
+
+struct Args {
+    deliveries: usize,
+    senders: usize,
+    postgres: Option<String>,
+    rate: u32,
+    latency_seconds: u64,
+    enqueue_seconds: u64,
+    enqueue_clients: usize,
+    idle_seconds: u64,
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut args = Args {
+            deliveries: 100_000,
+            senders: 4,
+            postgres: None,
+            rate: 1000,
+            latency_seconds: 5,
+            enqueue_seconds: 5,
+            enqueue_clients: 16,
+            idle_seconds: 10,
+            only: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            let number = |v: String| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
+            };
+            match flag.as_str() {
+                "--deliveries" => args.deliveries = number(value()?)? as usize,
+                "--senders" => args.senders = number(value()?)? as usize,
+                "--postgres" => args.postgres = Some(value()?),
+                "--rate" => args.rate = number(value()?)? as u32,
+                "--latency-seconds" => args.latency_seconds = number(value()?)?,
+                "--enqueue-seconds" => args.enqueue_seconds = number(value()?)?,
+                "--enqueue-clients" => args.enqueue_clients = number(value()?)? as usize,
+                "--idle-seconds" => args.idle_seconds = number(value()?)?,
+                "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
+                "--help" | "-h" => {
+                    println!(
+                        "{}",
+                        include_str!("bench.rs")
+                            .lines()
+                            .take_while(|l| l.starts_with("//!"))
+                            .map(|l| l.trim_start_matches("//!").trim_start())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
+                    std::process::exit(0);
+                }
+                other => return Err(format!("unknown option {other} (see --help)")),
+            }
+        }
+        if args.deliveries == 0 || args.senders == 0 || args.rate == 0 {
+            return Err("--deliveries, --senders and --rate must be positive".into());
+        }
+        Ok(args)
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+}
+
+/// The local receiver: answers 200 at once, counts requests, and notes when each run id first
+/// arrived (for the latency section).
+struct Receiver {
+    handle: Option<ServerHandle>,
+    url: String,
+    requests: Arc<AtomicU64>,
+    first_seen: Arc<Mutex<HashMap<i64, Instant>>>,
+    track: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let server = Server::bind("127.0.0.1:0", ServerConfig::default()).expect("bind receiver");
+        let url = format!("http://{}/hook", server.local_addr());
+        let requests = Arc::new(AtomicU64::new(0));
+        let first_seen = Arc::new(Mutex::new(HashMap::new()));
+        let track = Arc::new(AtomicBool::new(false));
+        let (r, f, t) = (requests.clone(), first_seen.clone(), track.clone());
+        let handle = server.serve(move |req| {
+            r.fetch_add(1, Ordering::Relaxed);
+            if t.load(Ordering::Relaxed)
+                && let Some(run) = req
+                    .header("X-Dograh-Workflow-Run-Id")
+                    .and_then(|v| v.parse().ok())
+            {
+                f.lock().unwrap().entry(run).or_insert_with(Instant::now);
+            }
+            Response::text(200, "ok")
+        });
+        Receiver {
+            handle: Some(handle),
+            url,
+            requests,
+            first_seen,
+            track,
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+        }
+    }
+}
+
+struct NoCredentials;
+
+impl CredentialSource for NoCredentials {
+    fn auth_header(&self, uuid: &str, _: i64) -> Result<(String, String), String> {
+        Err(format!("no credential {uuid} in the benchmark"))
+    }
+}
+
+fn payload_1k(run: i64) -> String {
+    let filler = "x".repeat(1024 - 60);
+    format!(r#"{{"event":"call_done","run":{run},"filler":"{filler}"}}"#)
+}
+
+fn new_delivery(url: &str, run: i64) -> NewDelivery {
+    NewDelivery {
+        organization_id: 1,
+        workflow_run_id: run,
+        webhook_node_id: "bench".into(),
+        webhook_name: None,
+        endpoint_url: url.to_string(),
+        http_method: "POST".into(),
+        payload: payload_1k(run),
+        custom_headers: Vec::new(),
+        credential_uuid: None,
+        max_attempts: 5,
+        scheduled_for: None,
+    }
+}
+
+fn fill(store: &Arc<dyn Store>, url: &str, n: usize) {
+    let news: Vec<NewDelivery> = (0..n as i64).map(|run| new_delivery(url, run)).collect();
+    for chunk in news.chunks(2000) {
+        for r in store.create_many(chunk, clock::now()).expect("fill") {
+            r.expect("create");
+        }
+    }
+}
+
+fn engine_config(senders: usize) -> EngineConfig {
+    let mut config = EngineConfig {
+        senders,
+        ..Default::default()
+    };
+    config.http.idle_per_host = senders;
+    config
+}
+
+fn rate(n: u64, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+/// 1. Bare POSTs with the same client, headers and body, no database.
+fn ceiling(args: &Args, receiver: &Receiver) -> f64 {
+    let sender = Arc::new(UreqSender::new(&engine_config(args.senders).http).unwrap());
+    let total = args.deliveries.min(100_000);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.senders)
+        .map(|_| {
+            let (sender, next, url) = (sender.clone(), next.clone(), receiver.url.clone());
+            std::thread::spawn(move || {
+                let body = payload_1k(0);
+                let headers = request_headers(
+                    true,
+                    None,
+                    &[],
+                    "00000000-0000-0000-0000-000000000000",
+                    0,
+                    1,
+                );
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    sender.send(&Request {
+                        method: "POST",
+                        url: &url,
+                        headers: &headers,
+                        body: Some(body.as_bytes()),
+                    });
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    rate(total as u64, start.elapsed())
+}
+
+/// 2. The replaced design: every row claimed alone, sent, and recorded alone.
+fn naive(args: &Args, receiver: &Receiver, dir: &std::path::Path) -> f64 {
+    let path = dir.join("naive.db");
+    let store = store::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    store.migrate_up().unwrap();
+    let total = args.deliveries.min(20_000);
+    fill(&store, &receiver.url, total);
+    let sender = Arc::new(UreqSender::new(&engine_config(args.senders).http).unwrap());
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.senders)
+        .map(|_| {
+            let (store, sender) = (store.clone(), sender.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let claims = store
+                        .claim_due(clock::now(), 1, Duration::from_secs(90))
+                        .unwrap();
+                    let Some(claim) = claims.into_iter().next() else {
+                        return;
+                    };
+                    let d = &claim.delivery;
+                    let headers = request_headers(
+                        true,
+                        None,
+                        &[],
+                        &d.delivery_uuid,
+                        d.workflow_run_id,
+                        claim.attempt(),
+                    );
+                    sender.send(&Request {
+                        method: "POST",
+                        url: &d.endpoint_url,
+                        headers: &headers,
+                        body: Some(d.payload.as_bytes()),
+                    });
+                    let outcome = Outcome {
+                        delivery_id: d.id,
+                        lease_token: claim.lease_token.clone(),
+                        transition: Transition::Succeeded { status_code: 200 },
+                        attempt: None,
+                    };
+                    store.record(&[outcome], clock::now()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    rate(total as u64, start.elapsed())
+}
+
+/// 3. The engine draining a backlog of `n` rows.
+fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> f64 {
+    let n = args.deliveries;
+    fill(&store, &receiver.url, n);
+    let metrics = Arc::new(Metrics::default());
+    let config = engine_config(args.senders);
+    let sender = Arc::new(UreqSender::new(&config.http).unwrap());
+    let start = Instant::now();
+    let engine = Engine::start(
+        store.clone(),
+        sender,
+        Arc::new(NoCredentials),
+        Arc::new(SystemClock),
+        config,
+        metrics.clone(),
+    )
+    .expect("engine");
+    while metrics.attempts(AttemptResult::Succeeded) < n as u64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    engine.shutdown();
+    let stats = store.stats(clock::now()).unwrap();
+    assert_eq!(
+        stats.succeeded, n as u64,
+        "every delivery recorded as succeeded"
+    );
+    rate(n as u64, took)
+}
+
+fn main() {
+    let args = match Args::parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let receiver = Receiver::start();
+    println!(
+        "outbox benchmark: {} deliveries of 1 KiB, {} senders, {} cores",
+        args.deliveries,
+        args.senders,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut print = |name: &str, value: String| {
+        println!("{name:<44} {value}");
+        rows.push((name.to_string(), value));
+    };
+    let ceiling_rate = args.runs("ceiling").then(|| ceiling(&args, &receiver));
+    if let Some(r) = ceiling_rate {
+        print("ceiling: bare POSTs/s", format!("{r:.0}"));
+    }
+    let naive_rate = args
+        .runs("naive")
+        .then(|| naive(&args, &receiver, dir.path()));
+    if let Some(r) = naive_rate {
+        print("naive: per-row loop/s (SQLite FULL)", format!("{r:.0}"));
+    }
+    if args.runs("outbox") {
+        let mut backends: Vec<(String, Arc<dyn Store>)> = Vec::new();
+        for (name, sync) in [("FULL", Synchronous::Full), ("NORMAL", Synchronous::Normal)] {
+            let path = dir.path().join(format!("drain-{name}.db"));
+            let options = StoreOptions {
+                synchronous: sync,
+                ..Default::default()
+            };
+            let store = store::open(path.to_str().unwrap(), &options).unwrap();
+            store.migrate_up().unwrap();
+            backends.push((format!("SQLite {name}"), store));
+        }
+        if let Some(url) = &args.postgres {
+            let schema = format!("outbox_bench_{}", std::process::id());
+            let mut admin =
+                postgres::Client::connect(url, postgres::NoTls).expect("connect --postgres");
+            admin
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .unwrap();
+            let options = StoreOptions {
+                postgres_schema: Some(schema.clone()),
+                ..Default::default()
+            };
+            let store = store::open(url, &options).expect("open --postgres");
+            store.migrate_up().unwrap();
+            backends.push(("PostgreSQL".into(), store));
+        }
+        for (name, store) in backends {
+            let r = drain(&args, &receiver, store);
+            let mut line = format!("{r:.0}");
+            if let Some(c) = ceiling_rate {
+                line.push_str(&format!("   x{:.2} ceiling", r / c));
+            }
+            if let Some(nv) = naive_rate {
+                line.push_str(&format!("   x{:.1} naive", r / nv));
+            }
+            print(&format!("outbox: drain deliveries/s ({name})"), line);
+        }
+    }
+    if args.runs("serve") {
+        match serve_section(&args, &receiver, dir.path()) {
+            Ok(figures) => {
+                for (name, value) in figures {
+                    print(&name, value);
+                }
+            }
+            Err(e) => println!("serve section failed: {e}"),
+        }
+    }
+    println!(
+        "receiver answered {} requests in all",
+        receiver.requests.load(Ordering::Relaxed)
+    );
+}
+
+/// A running `outbox serve` child process.
+struct Serve {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(args: &Args, dir: &std::path::Path) -> Result<Serve, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/release/examples/bench -> target/release/outbox
+        let binary = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("outbox"))
+            .filter(|p| p.exists())
+            .ok_or("build the binary first: cargo build --release")?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let child = std::process::Command::new(binary)
+            .arg("serve")
+            .env("OUTBOX_DATABASE", dir.join("serve.db"))
+            .env("OUTBOX_KEY_FILE", dir.join("serve.key"))
+            .env("OUTBOX_LISTEN", format!("127.0.0.1:{port}"))
+            .env("OUTBOX_SENDERS", args.senders.to_string())
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting outbox serve: {e}"))?;
+        let serve = Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let agent = agent();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = agent.get(&format!("{}/healthz", serve.base)).call()
+                && r.status() == 200
+            {
+                return Ok(serve);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("outbox serve did not become healthy within 20 s".into())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Pending deliveries, from `/metrics`.
+    fn pending(&self, agent: &ureq::Agent) -> Option<u64> {
+        let mut r = agent.get(&format!("{}/metrics", self.base)).call().ok()?;
+        let text = r.body_mut().read_to_string().ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("outbox_deliveries{status=\"pending\"} "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn wait_drained(&self, agent: &ureq::Agent, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.pending(agent) == Some(0) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn stop(mut self) -> Result<i32, String> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        Ok(status.code().unwrap_or(-1))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections_per_host(64)
+        .build()
+        .into()
+}
+
+/// Resident set size and its peak, in KiB, from /proc.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn enqueue_body(url: &str, run: i64) -> String {
+    serde_json::json!({
+        "organization_id": 1,
+        "workflow_run_id": run,
+        "webhook_node_id": "bench",
+        "endpoint_url": url,
+        "payload": serde_json::from_str::<serde_json::Value>(&payload_1k(run)).unwrap(),
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// 4-6: the real `outbox serve` process: enqueue rate, latency, memory and idle CPU.
+fn serve_section(
+    args: &Args,
+    receiver: &Receiver,
+    dir: &std::path::Path,
+) -> Result<Vec<(String, String)>, String> {
+    let serve = Serve::start(args, dir)?;
+    let pid = serve.pid();
+    let mut figures = Vec::new();
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, on) = (peak_rss.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                peak.fetch_max(memory_kib(pid).0, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    // 4. Enqueue: clients with keep-alive connections, each 201 a committed row.
+    let next_run = Arc::new(AtomicU64::new(1_000_000));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(args.enqueue_seconds);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..args.enqueue_clients)
+        .map(|_| {
+            let (next_run, accepted, failed) = (next_run.clone(), accepted.clone(), failed.clone());
+            let (base, url) = (serve.base.clone(), receiver.url.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                while Instant::now() < stop_at {
+                    let run = next_run.fetch_add(1, Ordering::Relaxed) as i64;
+                    let ok = agent
+                        .post(&format!("{base}/v1/deliveries"))
+                        .header("Content-Type", "application/json")
+                        .send(enqueue_body(&url, run))
+                        .map(|r| r.status() == 201)
+                        .unwrap_or(false);
+                    if ok { &accepted } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        let _ = c.join();
+    }
+    let took = start.elapsed();
+    figures.push((
+        format!(
+            "enqueue: accepted/s ({} clients, SQLite FULL)",
+            args.enqueue_clients
+        ),
+        format!(
+            "{:.0}   ({} failed)",
+            rate(accepted.load(Ordering::Relaxed), took),
+            failed.load(Ordering::Relaxed)
+        ),
+    ));
+    let probe = agent();
+    if !serve.wait_drained(&probe, Duration::from_secs(300)) {
+        return Err("the enqueued deliveries were not all delivered within 300 s".into());
+    }
+
+    // 5. Latency at a fixed offered rate: from the start of the enqueue request to the
+    // receiver seeing the first attempt.
+    receiver.track.store(true, Ordering::Relaxed);
+    let total = args.rate as u64 * args.latency_seconds;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let sent_at: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let workers = 4u64;
+    let begin = Instant::now() + Duration::from_millis(50);
+    let pacers: Vec<_> = (0..workers)
+        .map(|w| {
+            let (sent_at, base, url) = (sent_at.clone(), serve.base.clone(), receiver.url.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut i = w;
+                while i < total {
+                    let due = begin + interval * i as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let run = 2_000_000 + i as i64;
+                    sent_at.lock().unwrap().insert(run, Instant::now());
+                    let _ = agent
+                        .post(&format!("{base}/v1/deliveries"))
+                        .header("Content-Type", "application/json")
+                        .send(enqueue_body(&url, run));
+                    i += workers;
+                }
+            })
+        })
+        .collect();
+    for p in pacers {
+        let _ = p.join();
+    }
+    if !serve.wait_drained(&probe, Duration::from_secs(120)) {
+        return Err("the latency deliveries were not all delivered within 120 s".into());
+    }
+    receiver.track.store(false, Ordering::Relaxed);
+    let sent_at = sent_at.lock().unwrap();
+    let seen = receiver.first_seen.lock().unwrap();
+    let mut latencies: Vec<Duration> = sent_at
+        .iter()
+        .filter_map(|(run, t0)| seen.get(run).map(|t1| t1.saturating_duration_since(*t0)))
+        .collect();
+    latencies.sort();
+    figures.push((
+        format!("latency: enqueue -> first attempt at {}/s", args.rate),
+        format!(
+            "p50 {}   p99 {}   max {}   ({} of {})",
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            ms(latencies.last().copied().unwrap_or_default()),
+            latencies.len(),
+            total
+        ),
+    ));
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let (_, hwm) = memory_kib(pid);
+    figures.push((
+        "memory: outbox serve peak RSS under load".into(),
+        format!(
+            "{:.1} MiB (VmHWM {:.1} MiB)",
+            peak_rss.load(Ordering::Relaxed) as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+    ));
+
+    // 6. Idle: nothing due; the process should sleep.
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks_before = cpu_ticks(pid);
+    let idle_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.idle_seconds));
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let tick_hz = 100.0; // USER_HZ on Linux
+    let cpu_percent = ticks as f64 / tick_hz / idle_start.elapsed().as_secs_f64() * 100.0;
+    let (idle_rss, _) = memory_kib(pid);
+    figures.push((
+        format!("idle: CPU over {} s, RSS", args.idle_seconds),
+        format!(
+            "{cpu_percent:.2} % of one core ({ticks} ticks), RSS {:.1} MiB",
+            idle_rss as f64 / 1024.0
+        ),
+    ));
+    let code = serve.stop()?;
+    figures.push(("serve: exit code after SIGTERM".into(), code.to_string()));
+    Ok(figures)
+}
