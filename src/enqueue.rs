@@ -363,22 +363,25 @@ fn writer(
     clock: &dyn Clock,
     jobs: &Receiver<Job>,
 ) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut news: Vec<NewDelivery> = Vec::with_capacity(MAX_BATCH);
+    let mut replies: Vec<Sender<Result<(Delivery, bool)>>> = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first job; everything that queued up meanwhile joins its commit.
     while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        let mut next = Some(first);
+        while let Some(job) = next {
+            news.push(job.new);
+            replies.push(job.reply);
+            next = if news.len() < MAX_BATCH {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
         }
-        let news: Vec<NewDelivery> = batch.iter().map(|j| j.new.clone()).collect();
         let mut created = 0u64;
         match store.create_many(&news, clock.now()) {
             Ok(results) => {
                 let mut results = results.into_iter();
-                for job in batch.drain(..) {
+                for reply in replies.drain(..) {
                     let result = results.next().unwrap_or_else(|| {
                         Err(Error::Unavailable(
                             "the store returned fewer results than deliveries".to_owned(),
@@ -388,17 +391,18 @@ fn writer(
                         created += 1;
                     }
                     // A caller that gave up waiting is no reason to stop.
-                    let _ = job.reply.send(result);
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                log::error!("enqueue batch of {} failed: {message}", batch.len());
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(Error::Unavailable(message.clone())));
+                log::error!("enqueue batch of {} failed: {message}", news.len());
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(Error::Unavailable(message.clone())));
                 }
             }
         }
+        news.clear();
         if created > 0 {
             metrics.enqueued.fetch_add(created, Ordering::Relaxed);
             if let Some(w) = waker {
