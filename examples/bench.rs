@@ -111,6 +111,9 @@ struct Receiver {
     requests: Arc<AtomicU64>,
     first_seen: Arc<Mutex<HashMap<i64, Instant>>>,
     track: Arc<AtomicBool>,
+    /// While set, each request takes a second: the engine's senders wait instead of competing
+    /// for the CPU (used to measure the API on its own).
+    slow: Arc<AtomicBool>,
 }
 
 impl Receiver {
@@ -120,9 +123,18 @@ impl Receiver {
         let requests = Arc::new(AtomicU64::new(0));
         let first_seen = Arc::new(Mutex::new(HashMap::new()));
         let track = Arc::new(AtomicBool::new(false));
-        let (r, f, t) = (requests.clone(), first_seen.clone(), track.clone());
+        let slow = Arc::new(AtomicBool::new(false));
+        let (r, f, t, sl) = (
+            requests.clone(),
+            first_seen.clone(),
+            track.clone(),
+            slow.clone(),
+        );
         let handle = server.serve(move |req| {
             r.fetch_add(1, Ordering::Relaxed);
+            if sl.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
             if t.load(Ordering::Relaxed)
                 && let Some(run) = req
                     .header("X-Dograh-Workflow-Run-Id")
@@ -138,6 +150,7 @@ impl Receiver {
             requests,
             first_seen,
             track,
+            slow,
         }
     }
 }
@@ -490,6 +503,52 @@ impl Serve {
     }
 }
 
+/// `--enqueue-clients` threads enqueueing for `--enqueue-seconds`: (accepted, failed, time).
+fn enqueue_load(
+    args: &Args,
+    base: &str,
+    url: &str,
+    next_run: &Arc<AtomicU64>,
+) -> (u64, u64, Duration) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(args.enqueue_seconds);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..args.enqueue_clients)
+        .map(|_| {
+            let (next_run, accepted, failed) = (next_run.clone(), accepted.clone(), failed.clone());
+            let (base, url) = (base.to_string(), url.to_string());
+            std::thread::spawn(move || {
+                let agent = agent();
+                while Instant::now() < stop_at {
+                    let run = next_run.fetch_add(1, Ordering::Relaxed) as i64;
+                    let ok = post(&agent, &base, &enqueue_body(&url, run)) == Some(201);
+                    if ok { &accepted } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        let _ = c.join();
+    }
+    (
+        accepted.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        start.elapsed(),
+    )
+}
+
+/// POSTs one enqueue and reads the whole response, so the connection is kept alive.
+fn post(agent: &ureq::Agent, base: &str, body: &str) -> Option<u16> {
+    let mut response = agent
+        .post(&format!("{base}/v1/deliveries"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .ok()?;
+    let _ = response.body_mut().read_to_vec();
+    Some(response.status().as_u16())
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -571,46 +630,25 @@ fn serve_section(
         })
     };
 
-    // 4. Enqueue: clients with keep-alive connections, each 201 a committed row.
+    // 4. Enqueue: clients with keep-alive connections, each 201 a committed row. Measured
+    // twice: with the engine held up by a slow receiver (the API on its own), and with the
+    // engine delivering everything at once (both compete for the same two cores).
     let next_run = Arc::new(AtomicU64::new(1_000_000));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(args.enqueue_seconds);
-    let start = Instant::now();
-    let clients: Vec<_> = (0..args.enqueue_clients)
-        .map(|_| {
-            let (next_run, accepted, failed) = (next_run.clone(), accepted.clone(), failed.clone());
-            let (base, url) = (serve.base.clone(), receiver.url.clone());
-            std::thread::spawn(move || {
-                let agent = agent();
-                while Instant::now() < stop_at {
-                    let run = next_run.fetch_add(1, Ordering::Relaxed) as i64;
-                    let ok = agent
-                        .post(&format!("{base}/v1/deliveries"))
-                        .header("Content-Type", "application/json")
-                        .send(enqueue_body(&url, run))
-                        .map(|r| r.status() == 201)
-                        .unwrap_or(false);
-                    if ok { &accepted } else { &failed }.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        let _ = c.join();
+    for (label, slow) in [
+        ("engine waiting on a slow receiver", true),
+        ("engine delivering meanwhile", false),
+    ] {
+        receiver.slow.store(slow, Ordering::Relaxed);
+        let (accepted, failed, took) = enqueue_load(args, &serve.base, &receiver.url, &next_run);
+        figures.push((
+            format!(
+                "enqueue: accepted/s, {} clients ({label})",
+                args.enqueue_clients
+            ),
+            format!("{:.0}   ({failed} failed)", rate(accepted, took)),
+        ));
+        receiver.slow.store(false, Ordering::Relaxed);
     }
-    let took = start.elapsed();
-    figures.push((
-        format!(
-            "enqueue: accepted/s ({} clients, SQLite FULL)",
-            args.enqueue_clients
-        ),
-        format!(
-            "{:.0}   ({} failed)",
-            rate(accepted.load(Ordering::Relaxed), took),
-            failed.load(Ordering::Relaxed)
-        ),
-    ));
     let probe = agent();
     if !serve.wait_drained(&probe, Duration::from_secs(300)) {
         return Err("the enqueued deliveries were not all delivered within 300 s".into());
@@ -637,10 +675,7 @@ fn serve_section(
                     }
                     let run = 2_000_000 + i as i64;
                     sent_at.lock().unwrap().insert(run, Instant::now());
-                    let _ = agent
-                        .post(&format!("{base}/v1/deliveries"))
-                        .header("Content-Type", "application/json")
-                        .send(enqueue_body(&url, run));
+                    post(&agent, &base, &enqueue_body(&url, run));
                     i += workers;
                 }
             })

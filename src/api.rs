@@ -18,7 +18,7 @@ use crate::delivery::{ListFilter, MAX_PAGE, Redrive, Status};
 use crate::enqueue::{EnqueueRequest, Enqueuer, prepare};
 use crate::error::Error;
 use crate::http_server::{Request, Response, Server, ServerConfig, ServerHandle};
-use crate::json::{delivery_json, detail_json};
+use crate::json::{EnqueuedView, delivery_view, detail_view, page_view};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::vault::Vault;
@@ -193,8 +193,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A JSON response.
-fn json_response(status: u16, value: &Value) -> Response {
-    Response::new(status, "application/json", value.to_string())
+fn json_response(status: u16, value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => Response::new(status, "application/json", body),
+        Err(e) => Response::new(
+            500,
+            "application/json",
+            json!({ "error": format!("cannot render the response: {e}") }).to_string(),
+        ),
+    }
 }
 
 /// `{"error": message}`.
@@ -258,11 +265,11 @@ fn enqueue(state: &ApiState, request: &Request) -> Response {
     match state.enqueuer.enqueue(prepared.new) {
         Ok((delivery, created)) => json_response(
             if created { 201 } else { 200 },
-            &json!({
-                "created": created,
-                "delivery": delivery_json(&delivery),
-                "dropped_headers": prepared.dropped_headers,
-            }),
+            &EnqueuedView {
+                created,
+                delivery: delivery_view(&delivery),
+                dropped_headers: &prepared.dropped_headers,
+            },
         ),
         Err(e) => error_response(&e),
     }
@@ -270,7 +277,7 @@ fn enqueue(state: &ApiState, request: &Request) -> Response {
 
 fn show(state: &ApiState, uuid: &str) -> Response {
     match state.store.get(uuid) {
-        Ok(Some(detail)) => json_response(200, &detail_json(&detail)),
+        Ok(Some(detail)) => json_response(200, &detail_view(&detail)),
         Ok(None) => error(404, format!("no delivery {uuid}")),
         Err(e) => error_response(&e),
     }
@@ -318,20 +325,14 @@ fn list(state: &ApiState, request: &Request) -> Response {
         Err(message) => return error(400, message),
     };
     match state.store.list(&filter) {
-        Ok(page) => json_response(
-            200,
-            &json!({
-                "deliveries": page.deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
-                "next_after": page.next_after,
-            }),
-        ),
+        Ok(page) => json_response(200, &page_view(&page)),
         Err(e) => error_response(&e),
     }
 }
 
 fn redrive(state: &ApiState, uuid: &str) -> Response {
     match state.store.redrive(uuid, state.clock.now()) {
-        Ok(Redrive::Redriven(delivery)) => json_response(200, &delivery_json(&delivery)),
+        Ok(Redrive::Redriven(delivery)) => json_response(200, &delivery_view(&delivery)),
         Ok(Redrive::NotDeadLetter(status)) => error(
             409,
             format!(

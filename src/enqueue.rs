@@ -7,8 +7,8 @@
 //! enqueues per second; one commit for everything that arrived while the previous commit was
 //! syncing scales with the number of concurrent callers instead.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -280,7 +280,41 @@ fn check_port(port: Option<&str>, none_ok: bool) -> std::result::Result<(), Stri
 /// One enqueue waiting for the writer thread, and where to send its result.
 struct Job {
     new: NewDelivery,
-    reply: Sender<Result<(Delivery, bool)>>,
+    reply: Arc<Reply>,
+}
+
+/// A one-shot answer slot. The caller parks on the condvar at once: a channel's receive spins
+/// and yields first, which cost ~10% of the API's CPU while callers wait ~1 ms for a commit.
+#[derive(Default)]
+struct Reply {
+    slot: Mutex<Option<Result<(Delivery, bool)>>>,
+    ready: Condvar,
+}
+
+impl Reply {
+    fn send(&self, result: Result<(Delivery, bool)>) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        self.ready.notify_one();
+    }
+
+    /// Waits for the answer. If the writer dropped its handle unanswered (it panicked), the
+    /// caller is told so instead of waiting forever.
+    fn wait(self: &Arc<Self>) -> Result<(Delivery, bool)> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(result) = slot.take() {
+                return result;
+            }
+            if Arc::strong_count(self) == 1 {
+                return Err(Error::Unavailable("the enqueuer has stopped".to_owned()));
+            }
+            slot = self
+                .ready
+                .wait_timeout(slot, std::time::Duration::from_secs(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 /// Writes enqueues through one thread that commits whatever has queued up in one transaction,
@@ -331,9 +365,13 @@ impl Enqueuer {
     pub fn enqueue(&self, new: NewDelivery) -> Result<(Delivery, bool)> {
         let stopped = || Error::Unavailable("the enqueuer has stopped".to_owned());
         let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
-        let (reply, result) = crossbeam_channel::bounded(1);
-        jobs.send(Job { new, reply }).map_err(|_| stopped())?;
-        result.recv().map_err(|_| stopped())?
+        let reply = Arc::new(Reply::default());
+        jobs.send(Job {
+            new,
+            reply: Arc::clone(&reply),
+        })
+        .map_err(|_| stopped())?;
+        reply.wait()
     }
 
     /// Stops the writer thread after it has answered every enqueue already sent.
@@ -364,7 +402,7 @@ fn writer(
     jobs: &Receiver<Job>,
 ) {
     let mut news: Vec<NewDelivery> = Vec::with_capacity(MAX_BATCH);
-    let mut replies: Vec<Sender<Result<(Delivery, bool)>>> = Vec::with_capacity(MAX_BATCH);
+    let mut replies: Vec<Arc<Reply>> = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first job; everything that queued up meanwhile joins its commit.
     while let Ok(first) = jobs.recv() {
         let mut next = Some(first);
@@ -390,15 +428,14 @@ fn writer(
                     if matches!(result, Ok((_, true))) {
                         created += 1;
                     }
-                    // A caller that gave up waiting is no reason to stop.
-                    let _ = reply.send(result);
+                    reply.send(result);
                 }
             }
             Err(e) => {
                 let message = e.to_string();
                 log::error!("enqueue batch of {} failed: {message}", news.len());
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(Error::Unavailable(message.clone())));
+                    reply.send(Err(Error::Unavailable(message.clone())));
                 }
             }
         }

@@ -19,7 +19,7 @@ use outbox::config::{self, Config};
 use outbox::delivery::{ListFilter, MAX_PAGE, Redrive, Status};
 use outbox::engine::Engine;
 use outbox::enqueue::{EnqueueRequest, Enqueuer, prepare};
-use outbox::json::{delivery_json, detail_json};
+use outbox::json::{EnqueuedView, delivery_view, detail_view, page_view};
 use outbox::metrics::Metrics;
 use outbox::store::{self, Store};
 use outbox::vault::Vault;
@@ -232,10 +232,7 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let page = store.list(&filter).map_err(|e| e.to_string())?;
             if json {
-                print_json(&json!({
-                    "deliveries": page.deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
-                    "next_after": page.next_after,
-                }));
+                print_json(&page_view(&page));
             } else {
                 print!("{}", cli_format::delivery_table(&page.deliveries));
                 if let Some(next) = page.next_after {
@@ -251,7 +248,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no delivery {uuid}"))?;
             if json {
-                print_json(&detail_json(&detail));
+                print_json(&detail_view(&detail));
             } else {
                 print!("{}", cli_format::detail_text(&detail));
             }
@@ -313,11 +310,11 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn print_json(value: &serde_json::Value) {
+fn print_json(value: &impl serde::Serialize) {
     // Pretty, since a person usually reads it; `jq -c` makes it compact again.
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
-        Err(_) => println!("{value}"),
+        Err(e) => eprintln!("error: cannot render JSON: {e}"),
     }
 }
 
@@ -368,11 +365,11 @@ fn enqueue(config: &Config, file: Option<&str>) -> Result<(), String> {
     let (delivery, created) = store
         .create(&prepared.new, clock::now())
         .map_err(|e| e.to_string())?;
-    print_json(&json!({
-        "created": created,
-        "delivery": delivery_json(&delivery),
-        "dropped_headers": prepared.dropped_headers,
-    }));
+    print_json(&EnqueuedView {
+        created,
+        delivery: delivery_view(&delivery),
+        dropped_headers: &prepared.dropped_headers,
+    });
     Ok(())
 }
 

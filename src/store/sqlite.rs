@@ -52,15 +52,33 @@ const COLUMNS: &str = "id, delivery_uuid, organization_id, workflow_run_id, webh
 /// Rows deleted per purge transaction, so a large purge never holds the writer for long.
 const PURGE_CHUNK: u32 = 5_000;
 
+/// Page cache of the writer connection (SQLite's default is 2 MiB), in KiB.
+const WRITER_CACHE_KIB: i64 = 2048;
+/// Page cache of each reader connection, in KiB: reads are point lookups and short pages, and
+/// an idle service should stay small.
+const READER_CACHE_KIB: i64 = 256;
+/// How often the background thread checkpoints the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// The writer checkpoints by itself only if the WAL grows past this many pages (~40 MiB), a
+/// backstop for a background thread that cannot keep up.
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: String,
     writer: Mutex<Connection>,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    /// Dropped with the store, which ends the checkpoint thread.
+    _checkpointer: Option<crossbeam_channel::Sender<()>>,
 }
 
-fn init_connection(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+fn init_connection(
+    conn: &Connection,
+    synchronous: Synchronous,
+    cache_kib: i64,
+) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
@@ -87,7 +105,12 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let writer = Connection::open_with_flags(path, flags).map_err(err)?;
         // Setting WAL writes to the file: an unwritable or corrupt file fails here, at open.
-        init_connection(&writer, options.synchronous).map_err(err)?;
+        init_connection(&writer, options.synchronous, WRITER_CACHE_KIB).map_err(err)?;
+        // Checkpoints copy the WAL into the database file and fsync it: done on the writer
+        // they stall every enqueue and outcome behind them, so a background thread does them.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(err)?;
         writer
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                 r.get::<_, i64>(0)
@@ -97,15 +120,17 @@ impl SqliteStore {
         let synchronous = options.synchronous;
         let manager = SqliteConnectionManager::file(path)
             .with_flags(flags)
-            .with_init(move |c| init_connection(c, synchronous));
+            .with_init(move |c| init_connection(c, synchronous, READER_CACHE_KIB));
         let readers = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
             .build_unchecked(manager);
+        let checkpointer = start_checkpointer(path, flags, options.synchronous);
         Ok(SqliteStore {
             path: path.to_string(),
             writer: Mutex::new(writer),
             readers,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -138,6 +163,33 @@ impl SqliteStore {
     fn describe_path(&self) -> String {
         format!("SQLite {}", self.path)
     }
+}
+
+/// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] (PASSIVE: it never
+/// blocks the writer or readers). It ends when the returned sender is dropped. `None` if it
+/// could not start; the writer's own autocheckpoint then keeps the WAL bounded.
+fn start_checkpointer(
+    path: &str,
+    flags: OpenFlags,
+    synchronous: Synchronous,
+) -> Option<crossbeam_channel::Sender<()>> {
+    let conn = Connection::open_with_flags(path, flags).ok()?;
+    init_connection(&conn, synchronous, READER_CACHE_KIB).ok()?;
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let path = path.to_string();
+    std::thread::Builder::new()
+        .name("outbox-checkpoint".into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    log::warn!("SQLite {path}: checkpoint failed: {e}");
+                }
+            }
+        })
+        .ok()?;
+    Some(stop)
 }
 
 fn conversion_error(message: String) -> rusqlite::Error {
