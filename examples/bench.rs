@@ -2,9 +2,11 @@
 //!
 //! Starts a fast local receiver (threads of this process), then measures and prints:
 //! 1. ceiling: bare HTTP POSTs to the receiver with the same sender count (no database);
-//! 2. naive: a per-row loop (claim 1, send, record 1; a commit each), the design replaced;
+//! 2. naive: a per-row loop (claim 1, send, record 1; a synced commit each, SQLite STRICT),
+//!    the design replaced;
 //! 3. outbox: the real engine draining a backlog of N deliveries (1 KiB payloads) on SQLite
-//!    with synchronous=FULL and NORMAL, and on PostgreSQL when `--postgres URL` is given;
+//!    in each OUTBOX_SQLITE_SYNCHRONOUS mode (FULL, the default; NORMAL; STRICT), and on
+//!    PostgreSQL when `--postgres URL` is given;
 //! 4. enqueue: deliveries/s accepted through the HTTP API of a real `outbox serve` process
 //!    with 16 keep-alive clients (each 201 means committed);
 //! 5. latency: enqueue -> first attempt p50/p99 at a fixed offered rate;
@@ -172,7 +174,12 @@ impl CredentialSource for NoCredentials {
 }
 
 fn payload_1k(run: i64) -> String {
-    let filler = "x".repeat(1024 - 60);
+    let filler = "x".repeat(
+        std::env::var("BENCH_FILLER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024 - 60),
+    );
     format!(r#"{{"event":"call_done","run":{run},"filler":"{filler}"}}"#)
 }
 
@@ -253,7 +260,12 @@ fn ceiling(args: &Args, receiver: &Receiver) -> f64 {
 /// 2. The replaced design: every row claimed alone, sent, and recorded alone.
 fn naive(args: &Args, receiver: &Receiver, dir: &std::path::Path) -> f64 {
     let path = dir.join("naive.db");
-    let store = store::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    // Every write a synced commit, as the origin's per-row loop on PostgreSQL.
+    let options = StoreOptions {
+        synchronous: Synchronous::Strict,
+        ..Default::default()
+    };
+    let store = store::open(path.to_str().unwrap(), &options).unwrap();
     store.migrate_up().unwrap();
     let total = args.deliveries.min(20_000);
     fill(&store, &receiver.url, total);
@@ -363,11 +375,15 @@ fn main() {
         .runs("naive")
         .then(|| naive(&args, &receiver, dir.path()));
     if let Some(r) = naive_rate {
-        print("naive: per-row loop/s (SQLite FULL)", format!("{r:.0}"));
+        print("naive: per-row loop/s (SQLite STRICT)", format!("{r:.0}"));
     }
     if args.runs("outbox") {
         let mut backends: Vec<(String, Arc<dyn Store>)> = Vec::new();
-        for (name, sync) in [("FULL", Synchronous::Full), ("NORMAL", Synchronous::Normal)] {
+        for (name, sync) in [
+            ("FULL", Synchronous::Full),
+            ("NORMAL", Synchronous::Normal),
+            ("STRICT", Synchronous::Strict),
+        ] {
             let path = dir.path().join(format!("drain-{name}.db"));
             let options = StoreOptions {
                 synchronous: sync,

@@ -19,29 +19,37 @@ use crate::delivery::{
 };
 use crate::error::{Error, Result};
 
-/// How SQLite syncs a commit to disk.
+/// How SQLite syncs commits to disk (`OUTBOX_SQLITE_SYNCHRONOUS`). A process crash never loses
+/// a commit in any mode (WAL); the modes differ on power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// Every commit is on disk before it is acknowledged: an accepted enqueue survives power
-    /// loss. The default.
+    /// Writes a caller is told are done (enqueue, redrive, credentials, purge) are on disk
+    /// before they are acknowledged: an accepted enqueue survives power loss. The engine's own
+    /// bookkeeping (claims, outcomes) is synced with the next such commit or checkpoint: a power
+    /// cut may undo the latest, which means a re-send with the same delivery id, never a lost
+    /// delivery. The default.
     #[default]
     Full,
-    /// WAL commits are synced at checkpoints only: faster, and a power cut may lose the last
-    /// commits (never corrupts the file).
+    /// Every commit synced, bookkeeping too (as the origin's per-write commits): outcomes
+    /// never revert on power loss; two more fsyncs per delivery.
+    Strict,
+    /// Commits are synced at checkpoints only: fastest; a power cut may lose the latest
+    /// enqueues too (never corrupts the file).
     Normal,
 }
 
 impl Synchronous {
-    /// Parses `full` or `normal` (any case).
+    /// Parses `full`, `strict` or `normal` (any case).
     ///
     /// # Errors
     /// A message naming the value and the accepted ones.
     pub fn parse(s: &str) -> Result<Synchronous, String> {
         match s.to_ascii_lowercase().as_str() {
             "full" => Ok(Synchronous::Full),
+            "strict" => Ok(Synchronous::Strict),
             "normal" => Ok(Synchronous::Normal),
             _ => Err(format!(
-                "unknown SQLite synchronous mode {s:?}: expected full or normal"
+                "unknown SQLite synchronous mode {s:?}: expected full, strict or normal"
             )),
         }
     }

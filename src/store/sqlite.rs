@@ -63,10 +63,37 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// backstop for a background thread that cannot keep up.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
+/// The writer connection and the `PRAGMA synchronous` value it is set to now.
+struct Writer {
+    conn: Connection,
+    pragma: &'static str,
+}
+
+/// How durable one write transaction must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// What a caller is told is done: enqueues, redrives, credentials, purges, migrations.
+    Acknowledged,
+    /// The engine's own bookkeeping: claims, outcomes, lease expiry. Under
+    /// [`Synchronous::Full`] these commit without waiting for the disk (two fsyncs fewer per
+    /// delivery) and are synced with the next acknowledged commit or checkpoint.
+    Bookkeeping,
+}
+
+/// The `PRAGMA synchronous` value for a write of this durability under this mode.
+fn pragma_for(mode: Synchronous, durability: Durability) -> &'static str {
+    match (mode, durability) {
+        (Synchronous::Strict, _) | (Synchronous::Full, Durability::Acknowledged) => "FULL",
+        (Synchronous::Full, Durability::Bookkeeping) | (Synchronous::Normal, _) => "NORMAL",
+    }
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: String,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    /// The configured mode, used for every write a caller is told is done.
+    synchronous: Synchronous,
     readers: r2d2::Pool<SqliteConnectionManager>,
     /// Dropped with the store, which ends the checkpoint thread.
     _checkpointer: Option<crossbeam_channel::Sender<()>>,
@@ -80,11 +107,11 @@ fn init_connection(
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let sync = match synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        pragma_for(synchronous, Durability::Acknowledged),
+    )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
@@ -128,7 +155,11 @@ impl SqliteStore {
         let checkpointer = start_checkpointer(path, flags, options.synchronous);
         Ok(SqliteStore {
             path: path.to_string(),
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                conn: writer,
+                pragma: pragma_for(options.synchronous, Durability::Acknowledged),
+            }),
+            synchronous: options.synchronous,
             readers,
             _checkpointer: checkpointer,
         })
@@ -143,8 +174,27 @@ impl SqliteStore {
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the one writer connection.
     fn write<T>(&self, f: impl FnOnce(&Transaction) -> rusqlite::Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn
+        self.write_with(Durability::Acknowledged, f)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the one writer connection, synced as
+    /// `durability` asks.
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&Transaction) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let wanted = pragma_for(self.synchronous, durability);
+        if writer.pragma != wanted {
+            writer
+                .conn
+                .pragma_update(None, "synchronous", wanted)
+                .map_err(|e| self.err(e))?;
+            writer.pragma = wanted;
+        }
+        let tx = writer
+            .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
         let value = f(&tx).map_err(|e| self.err(e))?;
@@ -410,7 +460,7 @@ impl super::Store for SqliteStore {
     fn claim_due(&self, now: OffsetDateTime, limit: u32, lease: Duration) -> Result<Vec<Claim>> {
         let token = new_lease_token();
         let until = lease_end(now, lease);
-        let mut claims = self.write(|tx| {
+        let mut claims = self.write_with(Durability::Bookkeeping, |tx| {
             let mut stmt = tx.prepare_cached(&format!(
                 "UPDATE webhook_deliveries SET attempt_count = attempt_count + 1, \
                  lease_token = ?1, scheduled_for = ?2, updated_at = ?3 \
@@ -436,7 +486,7 @@ impl super::Store for SqliteStore {
     }
 
     fn record(&self, outcomes: &[Outcome], now: OffsetDateTime) -> Result<Vec<bool>> {
-        self.write(|tx| {
+        self.write_with(Durability::Bookkeeping, |tx| {
             let mut applied = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
                 let w = OutcomeWrite::from(&outcome.transition);
@@ -468,7 +518,7 @@ impl super::Store for SqliteStore {
     }
 
     fn expire_final_leases(&self, now: OffsetDateTime) -> Result<Vec<Expired>> {
-        self.write(|tx| {
+        self.write_with(Durability::Bookkeeping, |tx| {
             let expired = tx
                 .prepare_cached(
                     "UPDATE webhook_deliveries SET status = 'dead_letter', scheduled_for = NULL, \
@@ -715,5 +765,19 @@ impl super::Store for SqliteStore {
             )?;
             Ok(n == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookkeeping_skips_the_fsync_only_under_full() {
+        use Durability::*;
+        assert_eq!(pragma_for(Synchronous::Full, Acknowledged), "FULL");
+        assert_eq!(pragma_for(Synchronous::Full, Bookkeeping), "NORMAL");
+        assert_eq!(pragma_for(Synchronous::Strict, Bookkeeping), "FULL");
+        assert_eq!(pragma_for(Synchronous::Normal, Acknowledged), "NORMAL");
     }
 }
