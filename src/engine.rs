@@ -253,6 +253,8 @@ impl Engine {
 fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
     let config = &shared.config;
     let mut last_expire: Option<Instant> = None;
+    // Set while deliveries flow; the first idle look after that gives freed memory back.
+    let mut was_busy = false;
     while !shared.stopping.load(Ordering::Acquire) {
         if last_expire.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
             last_expire = Some(Instant::now());
@@ -290,6 +292,13 @@ fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
             }
         };
         let got = batch.len();
+        if got > 0 {
+            was_busy = true;
+        } else if was_busy && in_flight == 0 {
+            was_busy = false;
+            shared.store.release_memory();
+            crate::memory::release_free_memory();
+        }
         shared.in_flight.fetch_add(got, Ordering::AcqRel);
         for claim in batch {
             if claims.send(claim).is_err() {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod http_server;
 pub mod json;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod render;

@@ -241,6 +241,9 @@ pub trait Store: Send + Sync {
     /// The database error.
     fn next_due_at(&self) -> Result<Option<OffsetDateTime>>;
 
+    /// Gives back memory held for speed (page caches) once the engine is idle. Default: nothing.
+    fn release_memory(&self) {}
+
     /// Creates or replaces a credential. Returns whether it was created.
     ///
     /// # Errors

@@ -57,6 +57,8 @@ const WRITER_CACHE_KIB: i64 = 2048;
 /// Page cache of each reader connection, in KiB: reads are point lookups and short pages, and
 /// an idle service should stay small.
 const READER_CACHE_KIB: i64 = 256;
+/// An unused reader connection is closed after this long (checked every 30 s by r2d2).
+const READER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the background thread checkpoints the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The writer checkpoints by itself only if the WAL grows past this many pages (~40 MiB), a
@@ -151,6 +153,8 @@ impl SqliteStore {
         let readers = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
+            // Idle readers are closed (with their page caches) so an idle service stays small.
+            .idle_timeout(Some(READER_IDLE_TIMEOUT))
             .build_unchecked(manager);
         let checkpointer = start_checkpointer(path, flags, options.synchronous);
         Ok(SqliteStore {
@@ -692,6 +696,13 @@ impl super::Store for SqliteStore {
                 .query_row([], |r| r.get(0))?;
             Ok(t.map(from_micros))
         })
+    }
+
+    fn release_memory(&self) {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = writer.conn.execute_batch("PRAGMA shrink_memory") {
+            log::debug!("SQLite {}: shrink_memory failed: {e}", self.path);
+        }
     }
 
     fn put_credential(&self, c: &StoredCredential) -> Result<bool> {
