@@ -332,7 +332,10 @@ fn list(state: &ApiState, request: &Request) -> Response {
 
 fn redrive(state: &ApiState, uuid: &str) -> Response {
     match state.store.redrive(uuid, state.clock.now()) {
-        Ok(Redrive::Redriven(delivery)) => json_response(200, &delivery_view(&delivery)),
+        Ok(Redrive::Redriven(delivery)) => {
+            state.enqueuer.wake_engine();
+            json_response(200, &delivery_view(&delivery))
+        }
         Ok(Redrive::NotDeadLetter(status)) => error(
             409,
             format!(

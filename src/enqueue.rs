@@ -323,6 +323,7 @@ impl Reply {
 pub struct Enqueuer {
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    waker: Option<Waker>,
 }
 
 impl Enqueuer {
@@ -336,13 +337,15 @@ impl Enqueuer {
     ) -> Enqueuer {
         // Bounded so a stalled store pushes back on callers instead of queueing without limit.
         let (tx, rx) = crossbeam_channel::bounded::<Job>(MAX_BATCH * 8);
+        let thread_waker = waker.clone();
         let thread = std::thread::Builder::new()
             .name("outbox-enqueuer".into())
-            .spawn(move || writer(&*store, waker.as_ref(), &metrics, &*clock, &rx));
+            .spawn(move || writer(&*store, thread_waker.as_ref(), &metrics, &*clock, &rx));
         match thread {
             Ok(thread) => Enqueuer {
                 jobs: Some(tx),
                 thread: Some(thread),
+                waker,
             },
             Err(e) => {
                 // Without the thread every enqueue answers Unavailable (below) rather than hang.
@@ -350,6 +353,7 @@ impl Enqueuer {
                 Enqueuer {
                     jobs: None,
                     thread: None,
+                    waker,
                 }
             }
         }
@@ -372,6 +376,14 @@ impl Enqueuer {
         })
         .map_err(|_| stopped())?;
         reply.wait()
+    }
+
+    /// Wakes the engine (if it runs in this process), after a write other than an enqueue made
+    /// something due, such as a redrive.
+    pub fn wake_engine(&self) {
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
     }
 
     /// Stops the writer thread after it has answered every enqueue already sent.

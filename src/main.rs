@@ -423,7 +423,10 @@ fn serve(config: &Config) -> Result<(), String> {
         server.local_addr()
     );
     systemd::notify_ready();
-    systemd::spawn_watchdog();
+    // The watchdog pings only while the store answers, so a wedged database gets the
+    // service restarted.
+    let health_store = Arc::clone(&store);
+    systemd::spawn_watchdog_with(move || health_store.next_due_at().is_ok());
     wait_for_stop_signal()?;
     log::info!("stopping: draining in-flight deliveries");
     systemd::notify_stopping();

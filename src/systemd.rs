@@ -47,13 +47,6 @@ pub fn notify_stopping() {
     log_failure("STOPPING=1", notify("STOPPING=1"));
 }
 
-/// Starts the watchdog pinger, with a health check that always passes: the pings then prove
-/// only that the process is alive and can run a thread. Prefer
-/// [`spawn_watchdog_with`] and a check that touches the store.
-pub fn spawn_watchdog() {
-    spawn_watchdog_with(|| true);
-}
-
 /// Starts a thread that sends `WATCHDOG=1` every half `$WATCHDOG_USEC` while `health()`
 /// returns true, when systemd asked for a watchdog (`WatchdogSec=` in the unit sets
 /// `$WATCHDOG_USEC`, and `$WATCHDOG_PID`, if set, is this process). Returns whether it
