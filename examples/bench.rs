@@ -18,7 +18,7 @@
 //! Options (defaults): --deliveries 100000, --senders 4, --postgres URL (none),
 //! --rate 1000 (latency, per second), --latency-seconds 5, --enqueue-seconds 5,
 //! --enqueue-clients 16, --idle-seconds 10, --only LIST (comma-separated sections:
-//! ceiling,naive,outbox,serve).
+//! ceiling,naive,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +45,7 @@ struct Args {
     enqueue_clients: usize,
     idle_seconds: u64,
     only: Option<Vec<String>>,
+    modes: Vec<String>,
 }
 
 impl Args {
@@ -59,6 +60,7 @@ impl Args {
             enqueue_clients: 16,
             idle_seconds: 10,
             only: None,
+            modes: vec!["full".into(), "normal".into(), "strict".into()],
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -77,6 +79,7 @@ impl Args {
                 "--enqueue-clients" => args.enqueue_clients = number(value()?)? as usize,
                 "--idle-seconds" => args.idle_seconds = number(value()?)?,
                 "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
+                "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
                 "--help" | "-h" => {
                     println!(
                         "{}",
@@ -382,11 +385,15 @@ fn main() {
     }
     if args.runs("outbox") {
         let mut backends: Vec<(String, Arc<dyn Store>)> = Vec::new();
-        for (name, sync) in [
-            ("FULL", Synchronous::Full),
-            ("NORMAL", Synchronous::Normal),
-            ("STRICT", Synchronous::Strict),
-        ] {
+        for mode in &args.modes {
+            let sync = match Synchronous::parse(mode) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: --modes: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let name = mode.to_uppercase();
             let path = dir.path().join(format!("drain-{name}.db"));
             let options = StoreOptions {
                 synchronous: sync,
