@@ -348,16 +348,15 @@ impl super::Store for PostgresStore {
             let bound = tx.prepare(
                 "SELECT organization_id FROM workflow_run_organizations WHERE workflow_run_id = $1",
             )?;
-            let insert = tx.prepare(&format!(
+            let insert = tx.prepare(
                 "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
                  webhook_node_id, webhook_name, endpoint_url, http_method, payload, \
                  custom_headers, credential_uuid, status, attempt_count, max_attempts, \
                  scheduled_for, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
                  CAST($8::text AS json), CAST($9::text AS json), $10, 'pending', 0, $11, $12, \
                  $13, $13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
-                 RETURNING {}",
-                columns("")
-            ))?;
+                 RETURNING id",
+            )?;
             let existing = tx.prepare(&format!(
                 "SELECT {} FROM webhook_deliveries WHERE workflow_run_id = $1 AND webhook_node_id = $2",
                 columns("")
@@ -376,10 +375,11 @@ impl super::Store for PostgresStore {
                     }));
                     continue;
                 }
+                let delivery_uuid = super::new_delivery_uuid();
                 let rows = tx.query(
                     &insert,
                     &[
-                        &uuid::Uuid::new_v4().to_string(),
+                        &delivery_uuid,
                         &n.organization_id,
                         &n.workflow_run_id,
                         &n.webhook_node_id,
@@ -395,7 +395,10 @@ impl super::Store for PostgresStore {
                     ],
                 )?;
                 match rows.first() {
-                    Some(row) => results.push(Ok((row_to_delivery(row)?, true))),
+                    Some(row) => results.push(Ok((
+                        super::inserted_delivery(row.try_get(0)?, delivery_uuid, n, now),
+                        true,
+                    ))),
                     None => {
                         let row = tx.query_one(&existing, &[&n.workflow_run_id, &n.webhook_node_id])?;
                         results.push(Ok((row_to_delivery(&row)?, false)));

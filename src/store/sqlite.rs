@@ -343,18 +343,18 @@ fn create_one(
             ])?;
         }
     }
-    let inserted = tx
-        .prepare_cached(&format!(
+    let delivery_uuid = super::new_delivery_uuid();
+    let inserted: Option<i64> = tx
+        .prepare_cached(
             "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
              webhook_node_id, webhook_name, endpoint_url, http_method, payload, custom_headers, \
              credential_uuid, status, attempt_count, max_attempts, scheduled_for, created_at, \
              updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', 0, ?11, ?12, \
-             ?13, ?13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
-             RETURNING {COLUMNS}"
-        ))?
+             ?13, ?13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING RETURNING id",
+        )?
         .query_row(
             params![
-                uuid::Uuid::new_v4().to_string(),
+                delivery_uuid,
                 new.organization_id,
                 new.workflow_run_id,
                 new.webhook_node_id,
@@ -368,11 +368,14 @@ fn create_one(
                 to_micros(new.scheduled_for.unwrap_or(now)),
                 to_micros(now),
             ],
-            row_to_delivery,
+            |r| r.get(0),
         )
         .optional()?;
-    if let Some(delivery) = inserted {
-        return Ok(Ok((delivery, true)));
+    if let Some(id) = inserted {
+        return Ok(Ok((
+            super::inserted_delivery(id, delivery_uuid, new, now),
+            true,
+        )));
     }
     let existing = tx
         .prepare_cached(&format!(
