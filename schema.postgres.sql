@@ -1,4 +1,4 @@
--- outbox schema for PostgreSQL: migration 1 ("init"), up. The down is in src/store/postgres.rs.
+-- outbox schema for PostgreSQL: migration 1 ("init"), up. The down is INIT_DOWN in src/store/mod.rs.
 -- Same tables and meaning as schema.sql (SQLite).
 
 CREATE TABLE webhook_deliveries (

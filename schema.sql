@@ -1,4 +1,4 @@
--- outbox schema for SQLite: migration 1 ("init"), up. The down is in src/store/sqlite.rs.
+-- outbox schema for SQLite: migration 1 ("init"), up. The down is INIT_DOWN in src/store/mod.rs.
 -- Times are INTEGER microseconds since the Unix epoch (UTC).
 
 CREATE TABLE webhook_deliveries (

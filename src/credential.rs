@@ -229,15 +229,6 @@ impl Credential {
     }
 }
 
-/// Same as [`Credential::parse`], for callers that prefer `credential::parse(..)`.
-///
-/// # Errors
-///
-/// As [`Credential::parse`].
-pub fn parse(credential_type: &str, data: &Value) -> Result<Credential, String> {
-    Credential::parse(credential_type, data)
-}
-
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Field names only: values are secrets (and header_name is not worth a special case).

@@ -267,6 +267,21 @@ pub trait Store: Send + Sync {
     fn delete_credential(&self, credential_uuid: &str, organization_id: i64) -> Result<bool>;
 }
 
+/// One schema migration of a backend: its SQL up and down.
+pub(crate) struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+/// Migration 1 ("init") down, the same on both backends (the up is `schema.sql` /
+/// `schema.postgres.sql`).
+pub(crate) const INIT_DOWN: &str = "DROP TABLE webhook_credentials;
+    DROP TABLE workflow_run_organizations;
+    DROP TABLE webhook_delivery_attempts;
+    DROP TABLE webhook_deliveries;";
+
 /// An outcome flattened into the columns one fenced UPDATE writes, so both backends use a
 /// single statement for every transition.
 pub(crate) struct OutcomeWrite {

@@ -14,8 +14,8 @@ use rusqlite::{
 use time::OffsetDateTime;
 
 use super::{
-    FINAL_LEASE_EXPIRED, OutcomeWrite, StoreOptions, Synchronous, headers_from_json,
-    headers_to_json, into_page, lease_end, new_lease_token, page_limit,
+    FINAL_LEASE_EXPIRED, INIT_DOWN, Migration, OutcomeWrite, StoreOptions, Synchronous,
+    headers_from_json, headers_to_json, into_page, lease_end, new_lease_token, page_limit,
 };
 use crate::clock::{from_micros, to_micros};
 use crate::delivery::{
@@ -24,21 +24,11 @@ use crate::delivery::{
 };
 use crate::error::{Error, Result};
 
-struct Migration {
-    version: u32,
-    name: &'static str,
-    up: &'static str,
-    down: &'static str,
-}
-
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "init",
     up: include_str!("../../schema.sql"),
-    down: "DROP TABLE webhook_credentials;
-           DROP TABLE workflow_run_organizations;
-           DROP TABLE webhook_delivery_attempts;
-           DROP TABLE webhook_deliveries;",
+    down: INIT_DOWN,
 }];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS outbox_migrations (
