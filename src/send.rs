@@ -111,7 +111,7 @@ impl Sender for UreqSender {
         }
         let result = match request.body {
             Some(body) => builder
-                .body(body.to_vec())
+                .body(body)
                 .map_err(|e| e.to_string())
                 .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
             None => builder

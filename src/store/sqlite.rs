@@ -277,12 +277,16 @@ fn row_to_attempt(row: &Row) -> rusqlite::Result<Attempt> {
     })
 }
 
-fn insert_attempt(tx: &Transaction, delivery_id: i64, a: &Attempt) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO webhook_delivery_attempts (delivery_id, attempt_number, started_at, \
-         duration_ms, status_code, error, response_excerpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+const INSERT_ATTEMPT: &str = "INSERT INTO webhook_delivery_attempts (delivery_id, \
+    attempt_number, started_at, duration_ms, status_code, error, response_excerpt) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+fn insert_attempt(
+    stmt: &mut rusqlite::CachedStatement,
+    delivery_id: i64,
+    a: &Attempt,
+) -> rusqlite::Result<()> {
+    stmt.execute(params![
         delivery_id,
         a.attempt_number,
         to_micros(a.started_at),
@@ -484,29 +488,30 @@ impl super::Store for SqliteStore {
 
     fn record(&self, outcomes: &[Outcome], now: OffsetDateTime) -> Result<Vec<bool>> {
         self.write_with(Durability::Bookkeeping, |tx| {
+            // Prepared once per batch: the statement cache is a lookup by SQL text.
+            let mut update = tx.prepare_cached(
+                "UPDATE webhook_deliveries SET status = ?1, scheduled_for = ?2, \
+                 last_status_code = CASE WHEN ?5 THEN last_status_code ELSE ?3 END, \
+                 last_error = CASE WHEN ?5 THEN last_error ELSE ?4 END, \
+                 attempt_count = attempt_count - ?5, lease_token = NULL, updated_at = ?6 \
+                 WHERE id = ?7 AND lease_token = ?8",
+            )?;
+            let mut insert = tx.prepare_cached(INSERT_ATTEMPT)?;
             let mut applied = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
                 let w = OutcomeWrite::from(&outcome.transition);
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE webhook_deliveries SET status = ?1, scheduled_for = ?2, \
-                         last_status_code = CASE WHEN ?5 THEN last_status_code ELSE ?3 END, \
-                         last_error = CASE WHEN ?5 THEN last_error ELSE ?4 END, \
-                         attempt_count = attempt_count - ?5, lease_token = NULL, updated_at = ?6 \
-                         WHERE id = ?7 AND lease_token = ?8",
-                    )?
-                    .execute(params![
-                        w.status.as_str(),
-                        w.scheduled_for.map(to_micros),
-                        w.status_code,
-                        w.error,
-                        w.release,
-                        to_micros(now),
-                        outcome.delivery_id,
-                        outcome.lease_token,
-                    ])?;
+                let changed = update.execute(params![
+                    w.status.as_str(),
+                    w.scheduled_for.map(to_micros),
+                    w.status_code,
+                    w.error,
+                    w.release,
+                    to_micros(now),
+                    outcome.delivery_id,
+                    outcome.lease_token,
+                ])?;
                 if let (1, Some(attempt)) = (changed, &outcome.attempt) {
-                    insert_attempt(tx, outcome.delivery_id, attempt)?;
+                    insert_attempt(&mut insert, outcome.delivery_id, attempt)?;
                 }
                 applied.push(changed == 1);
             }
@@ -532,6 +537,7 @@ impl super::Store for SqliteStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut insert = tx.prepare_cached(INSERT_ATTEMPT)?;
             for e in &expired {
                 let attempt = Attempt {
                     attempt_number: e.attempt_count,
@@ -541,7 +547,7 @@ impl super::Store for SqliteStore {
                     error: Some(FINAL_LEASE_EXPIRED.to_string()),
                     response_excerpt: None,
                 };
-                insert_attempt(tx, e.id, &attempt)?;
+                insert_attempt(&mut insert, e.id, &attempt)?;
             }
             Ok(expired)
         })
