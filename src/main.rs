@@ -379,6 +379,7 @@ fn serve(config: &Config) -> Result<(), String> {
     if !applied.is_empty() {
         log::info!("{}: applied migrations {applied:?}", store.describe());
     }
+    store::check_schema(store.as_ref()).map_err(|e| e.to_string())?;
     let key = secret_box::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
     let vault = Arc::new(Vault::new(Arc::clone(&store), key));
     let metrics = Arc::new(Metrics::default());

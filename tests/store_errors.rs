@@ -98,3 +98,24 @@ fn postgres_missing_tables_say_what_to_run() {
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();
 }
+
+#[test]
+fn a_schema_from_a_newer_outbox_is_refused() {
+    let t = common::sqlite();
+    // A newer outbox applied migration 99; this binary must not run on that schema.
+    let conn = rusqlite::Connection::open(&t.database).unwrap();
+    conn.execute(
+        "INSERT INTO outbox_migrations (version, name, applied_at) VALUES (99, 'future', 0)",
+        [],
+    )
+    .unwrap();
+    let states = t.store.migration_status().unwrap();
+    assert!(states.iter().any(|m| m.version == 99 && m.applied));
+    let message = store::check_schema(t.store.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("[99]") && message.contains("newer outbox"),
+        "{message}"
+    );
+}

@@ -101,6 +101,21 @@ pub fn open(database: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
 /// [`Error::Schema`] saying what to run.
 pub fn check_schema(store: &dyn Store) -> Result<()> {
     let states = store.migration_status()?;
+    let unknown: Vec<u32> = states
+        .iter()
+        .filter(|m| m.name == UNKNOWN_MIGRATION)
+        .map(|m| m.version)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Schema {
+            target: store.describe(),
+            message: format!(
+                "schema has migrations {unknown:?} that this outbox {} does not know: the \
+                 database was upgraded by a newer outbox; run that one (or roll back with it)",
+                env!("CARGO_PKG_VERSION")
+            ),
+        });
+    }
     let latest = states.iter().map(|m| m.version).max().unwrap_or(0);
     let pending: Vec<u32> = states
         .iter()
@@ -273,6 +288,31 @@ pub(crate) struct Migration {
     pub name: &'static str,
     pub up: &'static str,
     pub down: &'static str,
+}
+
+/// The name shown for an applied migration this binary does not know (a newer outbox ran).
+pub const UNKNOWN_MIGRATION: &str = "(unknown: applied by a newer outbox)";
+
+/// Every migration this binary knows, whether applied, then applied ones it does not know.
+pub(crate) fn migration_states(known: &[Migration], applied: &[u32]) -> Vec<MigrationState> {
+    let mut states: Vec<MigrationState> = known
+        .iter()
+        .map(|m| MigrationState {
+            version: m.version,
+            name: m.name,
+            applied: applied.contains(&m.version),
+        })
+        .collect();
+    for &version in applied {
+        if !known.iter().any(|m| m.version == version) {
+            states.push(MigrationState {
+                version,
+                name: UNKNOWN_MIGRATION,
+                applied: true,
+            });
+        }
+    }
+    states
 }
 
 /// Migration 1 ("init") down, the same on both backends (the up is `schema.sql` /

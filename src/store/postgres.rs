@@ -273,14 +273,7 @@ impl super::Store for PostgresStore {
 
     fn migration_status(&self) -> Result<Vec<MigrationState>> {
         let applied = self.write(applied_versions)?;
-        Ok(MIGRATIONS
-            .iter()
-            .map(|m| MigrationState {
-                version: m.version,
-                name: m.name,
-                applied: applied.contains(&m.version),
-            })
-            .collect())
+        Ok(super::migration_states(MIGRATIONS, &applied))
     }
 
     fn schema_dump(&self) -> Result<String> {

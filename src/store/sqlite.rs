@@ -421,14 +421,7 @@ impl super::Store for SqliteStore {
     fn migration_status(&self) -> Result<Vec<MigrationState>> {
         // Through the writer: the status query may create the bookkeeping table.
         let applied = self.write(|tx| applied_versions(tx))?;
-        Ok(MIGRATIONS
-            .iter()
-            .map(|m| MigrationState {
-                version: m.version,
-                name: m.name,
-                applied: applied.contains(&m.version),
-            })
-            .collect())
+        Ok(super::migration_states(MIGRATIONS, &applied))
     }
 
     fn schema_dump(&self) -> Result<String> {
