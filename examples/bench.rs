@@ -150,7 +150,7 @@ impl Receiver {
             Response::text(200, "ok")
         });
         Receiver {
-            handle: Some(handle),
+            handle: Some(handle.expect("start the receiver")),
             url,
             requests,
             first_seen,

@@ -55,7 +55,13 @@ fn main() -> ExitCode {
         server.local_addr()
     );
     let seen: Seen = Mutex::default();
-    let _handle = server.serve(move |request| handle(&seen, &request));
+    let _handle = match server.serve(move |request| handle(&seen, &request)) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("error: cannot start serving: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // The server runs on its own threads; this one only has to stay alive.
     loop {
         std::thread::park();

@@ -218,30 +218,32 @@ fn start_receiver(
     let server = Server::bind("127.0.0.1:0", ServerConfig::default())
         .map_err(|e| format!("cannot start the receiver: {e}"))?;
     let counts: Mutex<HashMap<String, u32>> = Mutex::default();
-    Ok(server.serve(move |request: Request| {
-        let n = {
-            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = counts.entry(request.path.clone()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        let status = match request.path.as_str() {
-            "/ok" => 200,
-            "/flaky" if n <= 2 => 503,
-            "/flaky" => 200,
-            _ => 404,
-        };
-        let header = |name| request.header(name).unwrap_or("-").to_string();
-        seen.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Seen {
-                path: request.path.clone(),
-                delivery_id: header("X-Dograh-Delivery-Id"),
-                attempt: header("X-Dograh-Delivery-Attempt"),
-                answered: status,
-            });
-        Response::text(status, format!("answered {status}\n"))
-    }))
+    server
+        .serve(move |request: Request| {
+            let n = {
+                let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = counts.entry(request.path.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let status = match request.path.as_str() {
+                "/ok" => 200,
+                "/flaky" if n <= 2 => 503,
+                "/flaky" => 200,
+                _ => 404,
+            };
+            let header = |name| request.header(name).unwrap_or("-").to_string();
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Seen {
+                    path: request.path.clone(),
+                    delivery_id: header("X-Dograh-Delivery-Id"),
+                    attempt: header("X-Dograh-Delivery-Attempt"),
+                    answered: status,
+                });
+            Response::text(status, format!("answered {status}\n"))
+        })
+        .map_err(|e| format!("cannot start the receiver: {e}"))
 }
 
 /// Prints one delivery: its outcome, its attempt history and what the receiver saw.

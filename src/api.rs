@@ -65,7 +65,9 @@ pub fn start(listen: &str, state: ApiState, max_body_bytes: usize) -> crate::Res
     let server = Server::bind(listen, config)
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let state = Arc::new(state);
-    Ok(server.serve(move |request| handle(&state, &request)))
+    server
+        .serve(move |request| handle(&state, &request))
+        .map_err(|e| Error::Config(format!("cannot serve on {listen}: {e}")))
 }
 
 /// Whether every address is a loopback one (an empty list is not).

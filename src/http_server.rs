@@ -176,7 +176,10 @@ impl Server {
 
     /// Starts the accept thread; each connection gets its own thread calling
     /// `handler` for each request.
-    pub fn serve<H>(self, handler: H) -> ServerHandle
+    ///
+    /// # Errors
+    /// The OS error when the accept thread cannot be started.
+    pub fn serve<H>(self, handler: H) -> io::Result<ServerHandle>
     where
         H: Fn(Request) -> Response + Send + Sync + 'static,
     {
@@ -192,13 +195,12 @@ impl Server {
         let listener = self.listener;
         let accept = thread::Builder::new()
             .name("http-accept".into())
-            .spawn(move || accept_loop(listener, accept_shared))
-            .expect("spawn http accept thread");
-        ServerHandle {
+            .spawn(move || accept_loop(listener, accept_shared))?;
+        Ok(ServerHandle {
             shared,
             addr: self.addr,
             accept: Some(accept),
-        }
+        })
     }
 }
 
@@ -882,28 +884,30 @@ mod tests {
     /// `/sleep` takes 300 ms.
     fn start(cfg: ServerConfig) -> ServerHandle {
         let server = Server::bind("127.0.0.1:0", cfg).unwrap();
-        server.serve(|req: Request| {
-            match req.path.as_str() {
-                "/panic" => panic!("handler panic (expected by test)"),
-                "/sleep" => thread::sleep(Duration::from_millis(300)),
-                _ => {}
-            }
-            let pairs: Vec<String> = req
-                .query_pairs()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let body = format!(
-                "{} {} {} {} {} {}",
-                req.method,
-                req.path,
-                pairs.join(","),
-                req.body.len(),
-                req.peer.port(),
-                String::from_utf8_lossy(&req.body)
-            );
-            Response::text(200, body).with_header("X-Test", "yes")
-        })
+        server
+            .serve(|req: Request| {
+                match req.path.as_str() {
+                    "/panic" => panic!("handler panic (expected by test)"),
+                    "/sleep" => thread::sleep(Duration::from_millis(300)),
+                    _ => {}
+                }
+                let pairs: Vec<String> = req
+                    .query_pairs()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let body = format!(
+                    "{} {} {} {} {} {}",
+                    req.method,
+                    req.path,
+                    pairs.join(","),
+                    req.body.len(),
+                    req.peer.port(),
+                    String::from_utf8_lossy(&req.body)
+                );
+                Response::text(200, body).with_header("X-Test", "yes")
+            })
+            .unwrap()
     }
 
     fn agent() -> ureq::Agent {
@@ -1294,7 +1298,8 @@ mod tests {
                     thread::sleep(Duration::from_millis(300));
                 }
                 Response::text(200, "ok")
-            });
+            })
+            .unwrap();
         let mut idle = connect(&h);
         let mut buf = Vec::new();
         idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
