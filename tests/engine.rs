@@ -276,7 +276,6 @@ fn credentials_are_applied_and_rotation_takes_effect_next_attempt(t: &TestStore)
             clock::now(),
         )
         .unwrap();
-    // A basic_auth credential in another organization with the same uuid space must not leak.
     let new = NewDelivery {
         credential_uuid: Some("cred-1".into()),
         ..to(&receiver, 1)
