@@ -55,6 +55,9 @@ const ERROR_BODY_CHARS: usize = 200;
 /// Claimed-but-unsent rows per sender are bounded by the time they would wait: the queue holds
 /// at most what the senders get through in a quarter of the lease, within these bounds.
 const MIN_QUEUE_PER_SENDER: usize = 2;
+/// A claim is sent only if its lease outlasts a full request by this much, so its outcome is
+/// written before anyone else may take the row.
+const SEND_LEASE_RESERVE: Duration = Duration::from_millis(LEASE_MARGIN.as_millis() as u64 / 2);
 const MAX_QUEUE_PER_SENDER: usize = 64;
 
 struct Shared {
@@ -105,7 +108,13 @@ impl Shared {
     fn capacity(&self) -> usize {
         let senders = self.config.senders;
         let avg = self.avg_send_micros.load(Ordering::Relaxed).max(1);
-        let budget = self.config.lease.as_micros() as u64 / 4;
+        // A claim may wait at most what its lease leaves after one full request (see
+        // `lease_allows_send`), and no more than a quarter of the lease.
+        let spare = self
+            .config
+            .lease
+            .saturating_sub(self.config.http.timeout + SEND_LEASE_RESERVE);
+        let budget = (spare.min(self.config.lease / 4)).as_micros() as u64;
         let per_sender = (budget / avg) as usize;
         senders * per_sender.clamp(MIN_QUEUE_PER_SENDER, MAX_QUEUE_PER_SENDER)
     }
@@ -352,7 +361,7 @@ fn lease_allows_send(shared: &Shared, claim: &Claim) -> bool {
     let Some(lease_end) = claim.delivery.scheduled_for else {
         return false;
     };
-    until(lease_end, shared.clock.now()) >= shared.config.http.timeout + LEASE_MARGIN / 2
+    until(lease_end, shared.clock.now()) >= shared.config.http.timeout + SEND_LEASE_RESERVE
 }
 
 fn release(shared: &Shared, claim: &Claim) -> Outcome {
