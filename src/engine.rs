@@ -52,12 +52,12 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// The stored error keeps this much of a non-2xx body (the origin's 200).
 const ERROR_BODY_CHARS: usize = 200;
-/// Claimed-but-unsent rows per sender are bounded by the time they would wait: the queue holds
-/// at most what the senders get through in a quarter of the lease, within these bounds.
-const MIN_QUEUE_PER_SENDER: usize = 2;
 /// A claim is sent only if its lease outlasts a full request by this much, so its outcome is
 /// written before anyone else may take the row.
 const SEND_LEASE_RESERVE: Duration = Duration::from_millis(LEASE_MARGIN.as_millis() as u64 / 2);
+/// Claimed-but-unsent rows per sender are bounded by the time they would wait (see
+/// `Shared::capacity`), within these bounds.
+const MIN_QUEUE_PER_SENDER: usize = 2;
 const MAX_QUEUE_PER_SENDER: usize = 64;
 
 struct Shared {
@@ -439,7 +439,6 @@ fn attempt(shared: &Shared, claim: &Claim) -> Outcome {
             jitter(),
         )
     });
-    let error_text = error.clone().unwrap_or_default();
     let (transition, result, note) = match decision {
         Decision::Succeeded => (
             Transition::Succeeded {
@@ -452,7 +451,7 @@ fn attempt(shared: &Shared, claim: &Claim) -> Outcome {
             Transition::Retry {
                 at: shared.clock.now() + delay,
                 status_code,
-                error: error_text.clone(),
+                error: error.clone().unwrap_or_default(),
             },
             AttemptResult::Retry,
             format!("; retrying in {:.1}s", delay.as_secs_f64()),
@@ -460,7 +459,7 @@ fn attempt(shared: &Shared, claim: &Claim) -> Outcome {
         Decision::DeadLetter => (
             Transition::DeadLetter {
                 status_code,
-                error: error_text.clone(),
+                error: error.clone().unwrap_or_default(),
             },
             AttemptResult::DeadLetter,
             if verdict == Verdict::Transient {

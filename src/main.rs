@@ -32,7 +32,7 @@ way finish (up to OUTBOX_DRAIN_SECONDS), claimed rows not yet sent are handed ba
 Applies pending schema migrations at start. Settings come from the environment:
   OUTBOX_DATABASE, OUTBOX_LISTEN (default 127.0.0.1:8425), OUTBOX_API_TOKEN (comma-separated;
   required to listen on a non-loopback address), OUTBOX_KEY_FILE (default outbox.key beside
-  the database), OUTBOX_SQLITE_SYNCHRONOUS (full|normal), OUTBOX_POOL_SIZE,
+  the database), OUTBOX_SQLITE_SYNCHRONOUS (full|strict|normal), OUTBOX_POOL_SIZE,
   OUTBOX_MAX_BODY_BYTES, OUTBOX_SENDERS, WEBHOOK_DELIVERY_MAX_ATTEMPTS (5),
   WEBHOOK_DELIVERY_BASE_DELAY_SECONDS (30), WEBHOOK_DELIVERY_MAX_DELAY_SECONDS (600),
   WEBHOOK_DELIVERY_TIMEOUT_SECONDS (30), OUTBOX_CONNECT_TIMEOUT_SECONDS,
