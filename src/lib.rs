@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod delivery;
+pub mod dns;
 pub mod engine;
 pub mod enqueue;
 pub mod error;

@@ -1,11 +1,13 @@
 //! Sending one HTTP request: the `Sender` trait (so the engine can be tested with a fake) and
 //! its ureq implementation, set up for webhooks: no redirects, a total deadline, no proxy from
-//! the environment, a connection pool large enough for every sender thread.
+//! the environment, a connection pool large enough for every sender thread, and names
+//! resolved through a short cache (see `dns`).
 
 use std::io::Read;
 use std::time::Duration;
 
 use crate::delivery::RESPONSE_EXCERPT_BYTES;
+use crate::dns::CachingResolver;
 
 /// One request to send.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +88,7 @@ impl UreqSender {
             ),
             None => None,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(Some(config.timeout))
@@ -95,8 +97,12 @@ impl UreqSender {
             .max_idle_connections_per_host(config.idle_per_host.max(1))
             .max_idle_connections(config.idle_per_host.max(1) * 4)
             .user_agent(concat!("outbox/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            agent_config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            CachingResolver::default(),
+        );
         Ok(UreqSender { agent })
     }
 }
