@@ -46,6 +46,11 @@ pub trait CredentialSource: Send + Sync {
 
 /// Most outcomes written in one transaction.
 const RECORD_BATCH: usize = 512;
+/// How long the recorder waits for more outcomes after the first, so they share a
+/// transaction. Measured on a 100k drain: without it batches averaged 3 outcomes (31k
+/// transactions, each rewriting whole pages) and the drain was ~8 % slower; with it they
+/// average ~120. It delays only the bookkeeping of a send that has already happened.
+const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// How often rows whose final lease ran out are dead-lettered.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How long the claimer waits after a store error before trying again.
@@ -503,8 +508,9 @@ fn recorder(shared: &Shared, outcomes: &Receiver<Outcome>) {
     while let Ok(first) = outcomes.recv() {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         batch.push(first);
+        let linger_until = Instant::now() + RECORD_LINGER;
         while batch.len() < RECORD_BATCH {
-            match outcomes.try_recv() {
+            match outcomes.recv_deadline(linger_until) {
                 Ok(o) => batch.push(o),
                 Err(_) => break,
             }
