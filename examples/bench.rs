@@ -17,6 +17,7 @@
 //!
 //! Options (defaults): --deliveries 100000, --senders 4, --postgres URL (none),
 //! --rate 1000 (latency, per second), --latency-seconds 5, --enqueue-seconds 5,
+//! --enqueue-warmup-seconds 2 (enqueues before the measured ones, on the same fresh database),
 //! --enqueue-clients 16, --idle-seconds 10, --only LIST (comma-separated sections:
 //! ceiling,naive,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
 
@@ -42,6 +43,7 @@ struct Args {
     rate: u32,
     latency_seconds: u64,
     enqueue_seconds: u64,
+    enqueue_warmup_seconds: u64,
     enqueue_clients: usize,
     idle_seconds: u64,
     only: Option<Vec<String>>,
@@ -57,6 +59,7 @@ impl Args {
             rate: 1000,
             latency_seconds: 5,
             enqueue_seconds: 5,
+            enqueue_warmup_seconds: 2,
             enqueue_clients: 16,
             idle_seconds: 10,
             only: None,
@@ -76,6 +79,7 @@ impl Args {
                 "--rate" => args.rate = number(value()?)? as u32,
                 "--latency-seconds" => args.latency_seconds = number(value()?)?,
                 "--enqueue-seconds" => args.enqueue_seconds = number(value()?)?,
+                "--enqueue-warmup-seconds" => args.enqueue_warmup_seconds = number(value()?)?,
                 "--enqueue-clients" => args.enqueue_clients = number(value()?)? as usize,
                 "--idle-seconds" => args.idle_seconds = number(value()?)?,
                 "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
@@ -177,12 +181,15 @@ impl CredentialSource for NoCredentials {
 }
 
 fn payload_1k(run: i64) -> String {
-    let filler = "x".repeat(
-        std::env::var("BENCH_FILLER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1024 - 60),
-    );
+    static FILLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let filler = FILLER.get_or_init(|| {
+        "x".repeat(
+            std::env::var("BENCH_FILLER")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024 - 60),
+        )
+    });
     format!(r#"{{"event":"call_done","run":{run},"filler":"{filler}"}}"#)
 }
 
@@ -224,11 +231,34 @@ fn rate(n: u64, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+/// A rate, and the CPU this process used meanwhile (in cores: 2.0 is both cores all the time),
+/// which tells a CPU-bound figure from one that waited.
+#[derive(Clone, Copy)]
+struct Measured {
+    rate: f64,
+    cores: f64,
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0}   ({:.2} cores busy)", self.rate, self.cores)
+    }
+}
+
+fn cores_busy(cpu_ticks_before: u64, took: Duration) -> f64 {
+    let ticks = cpu_ticks(std::process::id()) - cpu_ticks_before;
+    ticks as f64 / TICKS_PER_SECOND / took.as_secs_f64()
+}
+
+/// USER_HZ on Linux: the unit of the CPU times in /proc.
+const TICKS_PER_SECOND: f64 = 100.0;
+
 /// 1. Bare POSTs with the same client, headers and body, no database.
-fn ceiling(args: &Args, receiver: &Receiver) -> f64 {
+fn ceiling(args: &Args, receiver: &Receiver) -> Measured {
     let sender = Arc::new(UreqSender::new(&engine_config(args.senders).http).unwrap());
     let total = args.deliveries.min(100_000);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu0 = cpu_ticks(std::process::id());
     let start = Instant::now();
     let threads: Vec<_> = (0..args.senders)
         .map(|_| {
@@ -257,7 +287,11 @@ fn ceiling(args: &Args, receiver: &Receiver) -> f64 {
     for t in threads {
         t.join().unwrap();
     }
-    rate(total as u64, start.elapsed())
+    let took = start.elapsed();
+    Measured {
+        rate: rate(total as u64, took),
+        cores: cores_busy(cpu0, took),
+    }
 }
 
 /// 2. The replaced design: every row claimed alone, sent, and recorded alone.
@@ -318,7 +352,7 @@ fn naive(args: &Args, receiver: &Receiver, dir: &std::path::Path) -> f64 {
 }
 
 /// 3. The engine draining a backlog of `n` rows.
-fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> f64 {
+fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> Measured {
     let n = args.deliveries;
     fill(&store, &receiver.url, n);
     // Let the background checkpoint copy the fill's WAL into the database first, so the
@@ -327,6 +361,7 @@ fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> f64 {
     let metrics = Arc::new(Metrics::default());
     let config = engine_config(args.senders);
     let sender = Arc::new(UreqSender::new(&config.http).unwrap());
+    let cpu0 = cpu_ticks(std::process::id());
     let start = Instant::now();
     let engine = Engine::start(
         store.clone(),
@@ -341,13 +376,17 @@ fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> f64 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let took = start.elapsed();
+    let cores = cores_busy(cpu0, took);
     engine.shutdown();
     let stats = store.stats(clock::now()).unwrap();
     assert_eq!(
         stats.succeeded, n as u64,
         "every delivery recorded as succeeded"
     );
-    rate(n as u64, took)
+    Measured {
+        rate: rate(n as u64, took),
+        cores,
+    }
 }
 
 fn main() {
@@ -374,9 +413,10 @@ fn main() {
         rows.push((name.to_string(), value));
     };
     let ceiling_rate = args.runs("ceiling").then(|| ceiling(&args, &receiver));
-    if let Some(r) = ceiling_rate {
-        print("ceiling: bare POSTs/s", format!("{r:.0}"));
+    if let Some(c) = ceiling_rate {
+        print("ceiling: bare POSTs/s", c.to_string());
     }
+    let ceiling_rate = ceiling_rate.map(|c| c.rate);
     let naive_rate = args
         .runs("naive")
         .then(|| naive(&args, &receiver, dir.path()));
@@ -421,13 +461,14 @@ fn main() {
             backends.push(("PostgreSQL".into(), store));
         }
         for (name, store) in backends {
-            let r = drain(&args, &receiver, store);
-            let mut line = format!("{r:.0}");
+            let measured = drain(&args, &receiver, store);
+            let r = measured.rate;
+            let mut line = measured.to_string();
             if ceiling_rate.is_some() {
                 // The ceiling again, right after: the machine's speed drifts over a long run,
                 // and a ratio of two figures taken side by side is what cancels the drift.
                 let c = ceiling(&args, &receiver);
-                line.push_str(&format!("   x{:.2} ceiling ({c:.0} just after)", r / c));
+                line.push_str(&format!("   x{:.2} ceiling ({c} just after)", r / c.rate));
             }
             if let Some(nv) = naive_rate {
                 line.push_str(&format!("   x{:.1} naive", r / nv));
@@ -532,26 +573,27 @@ impl Serve {
     }
 }
 
-/// `--enqueue-clients` threads enqueueing for `--enqueue-seconds`: (accepted, failed, time).
+/// `--enqueue-clients` threads enqueueing for `seconds`: (accepted, failed, time).
 fn enqueue_load(
     args: &Args,
+    seconds: u64,
     base: &str,
     url: &str,
     next_run: &Arc<AtomicU64>,
 ) -> (u64, u64, Duration) {
     let accepted = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(args.enqueue_seconds);
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let clients: Vec<_> = (0..args.enqueue_clients)
         .map(|_| {
             let (next_run, accepted, failed) = (next_run.clone(), accepted.clone(), failed.clone());
             let (base, url) = (base.to_string(), url.to_string());
             std::thread::spawn(move || {
-                let agent = agent();
+                let mut client = Client::new(&base);
                 while Instant::now() < stop_at {
                     let run = next_run.fetch_add(1, Ordering::Relaxed) as i64;
-                    let ok = post(&agent, &base, &enqueue_body(&url, run)) == Some(201);
+                    let ok = client.post(&enqueue_body(&url, run)) == Some(201);
                     if ok { &accepted } else { &failed }.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -567,15 +609,75 @@ fn enqueue_load(
     )
 }
 
-/// POSTs one enqueue and reads the whole response, so the connection is kept alive.
-fn post(agent: &ureq::Agent, base: &str, body: &str) -> Option<u16> {
-    let mut response = agent
-        .post(&format!("{base}/v1/deliveries"))
-        .header("Content-Type", "application/json")
-        .send(body)
-        .ok()?;
-    let _ = response.body_mut().read_to_vec();
-    Some(response.status().as_u16())
+/// A lean HTTP/1.1 keep-alive client for the enqueue load, so that the load generator, which
+/// shares the two cores with `outbox serve`, costs little more than its syscalls (as wrk
+/// would). It reconnects after any error.
+struct Client {
+    addr: String,
+    stream: Option<std::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        Client {
+            addr: base.trim_start_matches("http://").to_string(),
+            stream: None,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    /// POSTs one enqueue and reads the whole response; the status, or `None` on any error.
+    fn post(&mut self, body: &str) -> Option<u16> {
+        let result = self.try_post(body);
+        if result.is_none() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn try_post(&mut self, body: &str) -> Option<u16> {
+        use std::io::{Read, Write};
+        if self.stream.is_none() {
+            let stream = std::net::TcpStream::connect(&self.addr).ok()?;
+            stream.set_nodelay(true).ok()?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut()?;
+        let request = format!(
+            "POST /v1/deliveries HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).ok()?;
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = response.parse(&self.buf).ok()? {
+                let length: usize = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())?;
+                let status = response.code?;
+                while self.buf.len() < head + length {
+                    let n = stream.read(&mut chunk).ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return Some(status);
+            }
+        }
+    }
 }
 
 fn agent() -> ureq::Agent {
@@ -615,15 +717,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+/// The body of one enqueue (`url` is a plain local URL: nothing in it needs escaping).
 fn enqueue_body(url: &str, run: i64) -> String {
-    serde_json::json!({
-        "organization_id": 1,
-        "workflow_run_id": run,
-        "webhook_node_id": "bench",
-        "endpoint_url": url,
-        "payload": serde_json::from_str::<serde_json::Value>(&payload_1k(run)).unwrap(),
-    })
-    .to_string()
+    format!(
+        r#"{{"organization_id":1,"workflow_run_id":{run},"webhook_node_id":"bench","endpoint_url":"{url}","payload":{}}}"#,
+        payload_1k(run)
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -663,12 +762,28 @@ fn serve_section(
     // twice: with the engine held up by a slow receiver (the API on its own), and with the
     // engine delivering everything at once (both compete for the same two cores).
     let next_run = Arc::new(AtomicU64::new(1_000_000));
+    // Not counted: a fresh database file is slower for its first seconds, while SQLite's WAL
+    // file grows to its working size (measured: ~11-14k/s in the first 5 s, ~17-19k/s after).
+    receiver.slow.store(true, Ordering::Relaxed);
+    enqueue_load(
+        args,
+        args.enqueue_warmup_seconds,
+        &serve.base,
+        &receiver.url,
+        &next_run,
+    );
     for (label, slow) in [
         ("engine waiting on a slow receiver", true),
         ("engine delivering meanwhile", false),
     ] {
         receiver.slow.store(slow, Ordering::Relaxed);
-        let (accepted, failed, took) = enqueue_load(args, &serve.base, &receiver.url, &next_run);
+        let (accepted, failed, took) = enqueue_load(
+            args,
+            args.enqueue_seconds,
+            &serve.base,
+            &receiver.url,
+            &next_run,
+        );
         figures.push((
             format!(
                 "enqueue: accepted/s, {} clients ({label})",
@@ -695,7 +810,7 @@ fn serve_section(
         .map(|w| {
             let (sent_at, base, url) = (sent_at.clone(), serve.base.clone(), receiver.url.clone());
             std::thread::spawn(move || {
-                let agent = agent();
+                let mut client = Client::new(&base);
                 let mut i = w;
                 while i < total {
                     let due = begin + interval * i as u32;
@@ -704,7 +819,7 @@ fn serve_section(
                     }
                     let run = 2_000_000 + i as i64;
                     sent_at.lock().unwrap().insert(run, Instant::now());
-                    post(&agent, &base, &enqueue_body(&url, run));
+                    client.post(&enqueue_body(&url, run));
                     i += workers;
                 }
             })
@@ -753,8 +868,7 @@ fn serve_section(
     let idle_start = Instant::now();
     std::thread::sleep(Duration::from_secs(args.idle_seconds));
     let ticks = cpu_ticks(pid) - ticks_before;
-    let tick_hz = 100.0; // USER_HZ on Linux
-    let cpu_percent = ticks as f64 / tick_hz / idle_start.elapsed().as_secs_f64() * 100.0;
+    let cpu_percent = ticks as f64 / TICKS_PER_SECOND / idle_start.elapsed().as_secs_f64() * 100.0;
     let (idle_rss, _) = memory_kib(pid);
     figures.push((
         format!("idle: CPU over {} s, RSS", args.idle_seconds),
