@@ -396,6 +396,11 @@ impl super::Store for PostgresStore {
         let token = new_lease_token();
         let until = lease_end(now, lease);
         let mut claims = self.write(|tx| {
+            // The claim must walk the due index in order and stop at `limit`. Without
+            // statistics (a table filled faster than autovacuum analyzes it) the planner
+            // guesses a few hundred due rows and instead fetches and sorts every due row on
+            // each claim: measured 98 ms instead of 6 ms for 256 of 100,000.
+            tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")?;
             // The due predicate is repeated outside the CTE: a row locked-and-skipped is never
             // returned, and a row changed between the scan and the lock is re-checked.
             let rows = tx.query(
