@@ -6,7 +6,8 @@
 //!    the design replaced;
 //! 3. outbox: the real engine draining a backlog of N deliveries (1 KiB payloads) on SQLite
 //!    in each OUTBOX_SQLITE_SYNCHRONOUS mode (FULL, the default; NORMAL; STRICT), and on
-//!    PostgreSQL when `--postgres URL` is given;
+//!    PostgreSQL when `--postgres URL` is given; before it, "store only": the same backlog
+//!    claimed and recorded by one thread, nothing sent (what the store costs a delivery);
 //! 4. enqueue: deliveries/s accepted through the HTTP API of a real `outbox serve` process
 //!    with 16 keep-alive clients (each 201 means committed);
 //! 5. latency: enqueue -> first attempt p50/p99 at a fixed offered rate;
@@ -19,7 +20,7 @@
 //! --rate 1000 (latency, per second), --latency-seconds 5, --enqueue-seconds 5,
 //! --enqueue-warmup-seconds 2 (enqueues before the measured ones, on the same fresh database),
 //! --enqueue-clients 16, --idle-seconds 10, --only LIST (comma-separated sections:
-//! ceiling,naive,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
+//! ceiling,naive,store,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use outbox::clock::{self, SystemClock};
 use outbox::config::EngineConfig;
-use outbox::delivery::{NewDelivery, Outcome, Transition};
+use outbox::delivery::{Attempt, NewDelivery, Outcome, Transition};
 use outbox::engine::{CredentialSource, Engine};
 use outbox::headers::request_headers;
 use outbox::http_server::{Response, Server, ServerConfig, ServerHandle};
@@ -423,43 +424,19 @@ fn main() {
     if let Some(r) = naive_rate {
         print("naive: per-row loop/s (SQLite STRICT)", format!("{r:.0}"));
     }
+    let mut pg_schemas = Vec::new();
+    if args.runs("store") {
+        let modes = ["full".to_string()];
+        for (name, store) in open_backends(&args, &modes, dir.path(), "store", &mut pg_schemas) {
+            let (micros, cores) = store_only(&args, &receiver.url, store);
+            print(
+                &format!("store only: claim + record, per delivery ({name})"),
+                format!("{micros:.1} us   ({cores:.2} cores busy)"),
+            );
+        }
+    }
     if args.runs("outbox") {
-        let mut backends: Vec<(String, Arc<dyn Store>)> = Vec::new();
-        for mode in &args.modes {
-            let sync = match Synchronous::parse(mode) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: --modes: {e}");
-                    std::process::exit(2);
-                }
-            };
-            let name = mode.to_uppercase();
-            let path = dir.path().join(format!("drain-{name}.db"));
-            let options = StoreOptions {
-                synchronous: sync,
-                ..Default::default()
-            };
-            let store = store::open(path.to_str().unwrap(), &options).unwrap();
-            store.migrate_up().unwrap();
-            backends.push((format!("SQLite {name}"), store));
-        }
-        if let Some(url) = &args.postgres {
-            let schema = format!("outbox_bench_{}", std::process::id());
-            let mut admin =
-                postgres::Client::connect(url, postgres::NoTls).expect("connect --postgres");
-            admin
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-                ))
-                .unwrap();
-            let options = StoreOptions {
-                postgres_schema: Some(schema.clone()),
-                ..Default::default()
-            };
-            let store = store::open(url, &options).expect("open --postgres");
-            store.migrate_up().unwrap();
-            backends.push(("PostgreSQL".into(), store));
-        }
+        let backends = open_backends(&args, &args.modes, dir.path(), "drain", &mut pg_schemas);
         for (name, store) in backends {
             let measured = drain(&args, &receiver, store);
             let r = measured.rate;
@@ -476,6 +453,9 @@ fn main() {
             print(&format!("outbox: drain deliveries/s ({name})"), line);
         }
     }
+    if let Some(url) = &args.postgres {
+        drop_schemas(url, &pg_schemas);
+    }
     if args.runs("serve") {
         match serve_section(&args, &receiver, dir.path()) {
             Ok(figures) => {
@@ -490,6 +470,104 @@ fn main() {
         "receiver answered {} requests in all",
         receiver.requests.load(Ordering::Relaxed)
     );
+}
+
+/// A store for each SQLite mode in `modes` (files in `dir`), and one on PostgreSQL in a
+/// schema of its own when `--postgres` is given (its name added to `pg_schemas`).
+fn open_backends(
+    args: &Args,
+    modes: &[String],
+    dir: &std::path::Path,
+    prefix: &str,
+    pg_schemas: &mut Vec<String>,
+) -> Vec<(String, Arc<dyn Store>)> {
+    let mut backends: Vec<(String, Arc<dyn Store>)> = Vec::new();
+    for mode in modes {
+        let sync = match Synchronous::parse(mode) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: --modes: {e}");
+                std::process::exit(2);
+            }
+        };
+        let name = mode.to_uppercase();
+        let path = dir.join(format!("{prefix}-{name}.db"));
+        let options = StoreOptions {
+            synchronous: sync,
+            ..Default::default()
+        };
+        let store = store::open(path.to_str().unwrap(), &options).unwrap();
+        store.migrate_up().unwrap();
+        backends.push((format!("SQLite {name}"), store));
+    }
+    if let Some(url) = &args.postgres {
+        let schema = format!("outbox_bench_{prefix}_{}", std::process::id());
+        drop_schemas(url, std::slice::from_ref(&schema));
+        let mut admin =
+            postgres::Client::connect(url, postgres::NoTls).expect("connect --postgres");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .unwrap();
+        pg_schemas.push(schema.clone());
+        let options = StoreOptions {
+            postgres_schema: Some(schema),
+            ..Default::default()
+        };
+        let store = store::open(url, &options).expect("open --postgres");
+        store.migrate_up().unwrap();
+        backends.push(("PostgreSQL".into(), store));
+    }
+    backends
+}
+
+fn drop_schemas(url: &str, schemas: &[String]) {
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).expect("connect --postgres");
+    for schema in schemas {
+        admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .unwrap();
+    }
+}
+
+/// 3b. The store alone: the same backlog claimed and recorded in batches of 256 by one thread,
+/// nothing sent. Microseconds of wall time per delivery: what the store costs, apart from HTTP.
+fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> (f64, f64) {
+    fill(&store, url, args.deliveries);
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu0 = cpu_ticks(std::process::id());
+    let start = Instant::now();
+    let mut done = 0usize;
+    loop {
+        let claims = store
+            .claim_due(clock::now(), 256, Duration::from_secs(90))
+            .unwrap();
+        if claims.is_empty() {
+            break;
+        }
+        let outcomes: Vec<Outcome> = claims
+            .iter()
+            .map(|c| Outcome {
+                delivery_id: c.delivery.id,
+                lease_token: c.lease_token.clone(),
+                transition: Transition::Succeeded { status_code: 200 },
+                attempt: Some(Attempt {
+                    attempt_number: c.attempt(),
+                    started_at: clock::now(),
+                    duration_ms: 0,
+                    status_code: Some(200),
+                    error: None,
+                    response_excerpt: Some("ok".into()),
+                }),
+            })
+            .collect();
+        store.record(&outcomes, clock::now()).unwrap();
+        done += claims.len();
+    }
+    let took = start.elapsed();
+    (
+        took.as_secs_f64() * 1e6 / done.max(1) as f64,
+        cores_busy(cpu0, took),
+    )
 }
 
 /// A running `outbox serve` child process.
