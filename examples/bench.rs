@@ -219,6 +219,13 @@ fn fill(store: &Arc<dyn Store>, url: &str, n: usize) {
     }
 }
 
+/// Fills the backlog, then lets the background checkpoint copy the fill's WAL into the
+/// database, so what is measured next is not charged for the fill's I/O.
+fn fill_and_settle(store: &Arc<dyn Store>, url: &str, n: usize) {
+    fill(store, url, n);
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 fn engine_config(senders: usize) -> EngineConfig {
     let mut config = EngineConfig {
         senders,
@@ -355,10 +362,7 @@ fn naive(args: &Args, receiver: &Receiver, dir: &std::path::Path) -> f64 {
 /// 3. The engine draining a backlog of `n` rows.
 fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> Measured {
     let n = args.deliveries;
-    fill(&store, &receiver.url, n);
-    // Let the background checkpoint copy the fill's WAL into the database first, so the
-    // drain is not charged for the fill's I/O.
-    std::thread::sleep(Duration::from_secs(3));
+    fill_and_settle(&store, &receiver.url, n);
     let metrics = Arc::new(Metrics::default());
     let config = engine_config(args.senders);
     let sender = Arc::new(UreqSender::new(&config.http).unwrap());
@@ -532,8 +536,7 @@ fn drop_schemas(url: &str, schemas: &[String]) {
 /// 3b. The store alone: the same backlog claimed and recorded in batches of 256 by one thread,
 /// nothing sent. Microseconds of wall time per delivery: what the store costs, apart from HTTP.
 fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> (f64, f64) {
-    fill(&store, url, args.deliveries);
-    std::thread::sleep(Duration::from_secs(3));
+    fill_and_settle(&store, url, args.deliveries);
     let cpu0 = cpu_ticks(std::process::id());
     let start = Instant::now();
     let mut done = 0usize;

@@ -57,10 +57,10 @@ const CHECKPOINT_BUSY_EVERY: Duration = Duration::from_millis(100);
 /// under the writer lock, so that the next write starts it from the beginning (see
 /// `start_checkpointer`).
 const RESTART_WAL_FRAMES: i64 = 10_000;
-/// The writer checkpoints by itself after a commit that leaves the WAL longer than this: with
-/// the background thread, a backstop (~160 MiB) that holds back writes that outrun the disk;
-/// without it, SQLite's default.
+/// The writer checkpoints by itself after a commit that leaves the WAL longer than this: a
+/// backstop (~160 MiB) that holds back writes that outrun the background thread and the disk.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 4 * RESTART_WAL_FRAMES;
+/// The writer's threshold when there is no background thread (SQLite's default).
 const FALLBACK_AUTOCHECKPOINT_PAGES: i64 = 1_000;
 
 /// The writer connection and the `PRAGMA synchronous` value it is set to now.
@@ -250,8 +250,8 @@ impl SqliteStore {
 }
 
 /// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`]. It ends when the
-/// returned sender is dropped. `None` if it could not start; the writer then checkpoints by
-/// itself.
+/// returned [`Checkpointer`] is dropped. `None` if it could not start; the writer then
+/// checkpoints by itself.
 ///
 /// A PASSIVE checkpoint never blocks writers, but under constant writes it never reaches the
 /// WAL's end, and only a complete checkpoint lets the next write start the WAL from the
