@@ -382,8 +382,10 @@ fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
     }
 }
 
-/// Shrinks SQLite's caches and gives the allocator's free pages back to the OS.
+/// Closes idle HTTP connections, shrinks SQLite's caches and gives the allocator's free pages
+/// back to the OS.
 fn release_memory(shared: &Shared) {
+    shared.sender.release_idle();
     shared.store.release_memory();
     crate::memory::release_free_memory();
 }
