@@ -51,6 +51,7 @@ parity_suite!(
     stats_and_next_due,
     credentials_are_scoped_to_their_organization,
     batch_create_commits_items_independently,
+    a_batch_that_breaks_a_constraint_writes_nothing_and_the_store_goes_on,
 );
 
 const LEASE: Duration = Duration::from_secs(90);
@@ -847,4 +848,41 @@ fn batch_create_commits_items_independently(store: &Arc<dyn Store>) {
         })
         .unwrap();
     assert_eq!(page.deliveries.len(), 3);
+}
+
+/// The API validates before it writes, so only a caller of the store itself can break a
+/// constraint; when one does, the whole batch is undone (SQLite's `OR ROLLBACK` ends the
+/// transaction inside the statement) and the next write works as usual.
+fn a_batch_that_breaks_a_constraint_writes_nothing_and_the_store_goes_on(store: &Arc<dyn Store>) {
+    let now = clock::now();
+    let batch = vec![
+        new_delivery(1, "n"),
+        NewDelivery {
+            http_method: "TRACE".into(),
+            ..new_delivery(2, "n")
+        },
+        new_delivery(3, "n"),
+    ];
+    assert!(store.create_many(&batch, now).is_err());
+    let all = ListFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(store.list(&all).unwrap().deliveries.is_empty());
+
+    let (created, _) = store.create(&new_delivery(1, "n"), now).unwrap();
+    let claim = claim_one(store, now);
+    assert_eq!(claim.delivery.id, created.id);
+    let applied = store
+        .record(
+            &[outcome(
+                &claim,
+                Transition::Succeeded { status_code: 200 },
+                Some(attempt(1, Some(200), None)),
+            )],
+            now,
+        )
+        .unwrap();
+    assert_eq!(applied, vec![true]);
+    assert_eq!(store.list(&all).unwrap().deliveries.len(), 1);
 }
