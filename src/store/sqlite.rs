@@ -412,36 +412,35 @@ fn create_one(
         }
     }
     let delivery_uuid = super::new_delivery_uuid();
-    let inserted: Option<i64> = tx
+    // No RETURNING: SQLite collects returned rows in a temporary b-tree, a cost per row
+    // that the connection's last rowid makes unnecessary here.
+    let changed = tx
         .prepare_cached(
             "INSERT OR ROLLBACK INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
              webhook_node_id, webhook_name, endpoint_url, http_method, payload, custom_headers, \
              credential_uuid, status, attempt_count, max_attempts, scheduled_for, created_at, \
              updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', 0, ?11, ?12, \
-             ?13, ?13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING RETURNING id",
+             ?13, ?13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING",
         )?
-        .query_row(
-            params![
-                delivery_uuid,
-                new.organization_id,
-                new.workflow_run_id,
-                new.webhook_node_id,
-                new.webhook_name,
-                new.endpoint_url,
-                new.http_method,
-                new.payload,
-                headers_to_json(&new.custom_headers),
-                new.credential_uuid,
-                new.max_attempts,
-                to_micros(new.scheduled_for.unwrap_or(now)),
-                to_micros(now),
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(id) = inserted {
+        .execute(params![
+            delivery_uuid,
+            new.organization_id,
+            new.workflow_run_id,
+            new.webhook_node_id,
+            new.webhook_name,
+            new.endpoint_url,
+            new.http_method,
+            new.payload,
+            headers_to_json(&new.custom_headers),
+            new.credential_uuid,
+            new.max_attempts,
+            to_micros(new.scheduled_for.unwrap_or(now)),
+            to_micros(now),
+        ])?;
+    // One row changed: ours went in. None: the run + node existed already.
+    if changed == 1 {
         return Ok(Ok((
-            super::inserted_delivery(id, delivery_uuid, new, now),
+            super::inserted_delivery(tx.last_insert_rowid(), delivery_uuid, new, now),
             true,
         )));
     }
