@@ -174,6 +174,11 @@ fn claim_takes_due_rows_only_earliest_first_at_most_limit(store: &Arc<dyn Store>
         assert_eq!(c.attempt(), 1);
         assert_eq!(c.delivery.scheduled_for, Some(now + secs(90)));
         assert!(!c.lease_token.is_empty());
+        assert_eq!(
+            c.delivery,
+            get(store, &c.delivery.delivery_uuid).delivery,
+            "a claim hands out the row as stored"
+        );
     }
     assert!(
         first

@@ -527,26 +527,37 @@ impl super::Store for SqliteStore {
     fn claim_due(&self, now: OffsetDateTime, limit: u32, lease: Duration) -> Result<Vec<Claim>> {
         let token = new_lease_token();
         let until = lease_end(now, lease);
+        let (until, now) = (to_micros(until), to_micros(now));
         let mut claims = self.write_with(Durability::Bookkeeping, |tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE OR ROLLBACK webhook_deliveries SET attempt_count = attempt_count + 1, \
-                 lease_token = ?1, scheduled_for = ?2, updated_at = ?3 \
-                 WHERE id IN (SELECT id FROM webhook_deliveries \
-                     WHERE status = 'pending' AND scheduled_for <= ?3 \
+            // Read, then lease each row by id, rather than one UPDATE ... WHERE id IN (SELECT
+            // ...) RETURNING: SQLite gathers the returned rows (1 KiB payloads) in a temporary
+            // b-tree, and the ids in another. Under the writer lock nothing changes a row
+            // between the two.
+            let due: Vec<Delivery> = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM webhook_deliveries \
+                     WHERE status = 'pending' AND scheduled_for <= ?1 \
                        AND attempt_count < max_attempts \
-                     ORDER BY scheduled_for, id LIMIT ?4) \
-                 RETURNING {COLUMNS}"
-            ))?;
-            let rows = stmt.query_map(
-                params![token, to_micros(until), to_micros(now), limit],
-                |row| {
-                    Ok(Claim {
-                        delivery: row_to_delivery(row)?,
-                        lease_token: row.get(19)?,
-                    })
-                },
+                     ORDER BY scheduled_for, id LIMIT ?2"
+                ))?
+                .query_map(params![now, limit], row_to_delivery)?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut lease = tx.prepare_cached(
+                "UPDATE OR ROLLBACK webhook_deliveries SET attempt_count = attempt_count + 1, \
+                 lease_token = ?1, scheduled_for = ?2, updated_at = ?3 WHERE id = ?4",
             )?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+            due.into_iter()
+                .map(|mut delivery| {
+                    lease.execute(params![token, until, now, delivery.id])?;
+                    delivery.attempt_count += 1;
+                    delivery.scheduled_for = Some(from_micros(until));
+                    delivery.updated_at = from_micros(now);
+                    Ok(Claim {
+                        delivery,
+                        lease_token: token.clone(),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         claims.sort_by_key(|c| c.delivery.id);
         Ok(claims)
