@@ -189,7 +189,7 @@ pub trait Store: Send + Sync {
             .unwrap_or_else(|| Err(Error::Invalid("create returned no row".into())))
     }
 
-    /// Claims up to `limit` due rows, earliest due first, in one statement: each claimed row's
+    /// Claims up to `limit` due rows, earliest due first, in one transaction: each claimed row's
     /// `attempt_count` goes up by one, it gets a fresh lease token and `scheduled_for` moves to
     /// `now + lease`. Only rows with attempts left are claimed. Returned in id order.
     ///
