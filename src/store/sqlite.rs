@@ -7,7 +7,7 @@
 //! The statements of every delivery (enqueue, claim, outcome) say `OR ROLLBACK`. Any failed
 //! statement fails its whole transaction here anyway (see `write_with`), and a statement that
 //! may only fail whole needs no statement journal: without it SQLite copies every page a
-//! statement changes before changing it, measured at ~30 % of an enqueue's statement time.
+//! statement changes before changing it (callgrind: 21 % of an enqueue's instructions).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
