@@ -33,7 +33,7 @@ pub struct EngineConfig {
     /// How long a claim holds a row (`OUTBOX_LEASE_SECONDS`). Default timeout + 60 s (the
     /// origin's 90 s); at least timeout + [`LEASE_MARGIN`].
     pub lease: Duration,
-    /// Most rows claimed in one statement (`OUTBOX_CLAIM_BATCH`). Default 256.
+    /// Most rows claimed at once (`OUTBOX_CLAIM_BATCH`). Default 256.
     pub claim_batch: u32,
     /// Longest sleep between looks at the store, the backstop for rows other processes insert
     /// (`OUTBOX_POLL_INTERVAL_MS`). Default 1000 ms.
