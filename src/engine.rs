@@ -105,7 +105,8 @@ impl Shared {
     }
 
     /// Sleeps up to `timeout`, or until woken; a wake that came before the sleep counts.
-    fn sleep(&self, timeout: Duration) {
+    /// Returns whether it was woken (or is stopping) rather than timed out.
+    fn sleep(&self, timeout: Duration) -> bool {
         let mut flag = self
             .wake_flag
             .lock()
@@ -117,7 +118,9 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        let woken = *flag || self.stopping.load(Ordering::Acquire);
         *flag = false;
+        woken
     }
 
     /// How many claimed rows may wait for a sender: enough for batching when sends are fast,
@@ -363,22 +366,37 @@ fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
             continue; // more may be due right now
         }
         // Nothing else is due: sleep until the next row is, capped by the poll interval (the
-        // backstop for rows other processes insert), or until woken.
-        let wait = match shared.store.next_due_at() {
-            Ok(Some(next)) => until(next, shared.clock.now()).min(config.poll_interval),
-            Ok(None) => config.poll_interval,
-            Err(e) => {
-                log::error!("reading the next due time failed: {e}");
-                STORE_ERROR_PAUSE
+        // backstop for rows other processes insert), or until woken. While nothing is due,
+        // each poll is this one read, not also an expiry and a claim (two write transactions,
+        // which an idle service ran every second).
+        let mut first_look = true;
+        loop {
+            let wait = match shared.store.next_due_at() {
+                Ok(Some(next)) => until(next, shared.clock.now()).min(config.poll_interval),
+                Ok(None) => config.poll_interval,
+                Err(e) => {
+                    log::error!("reading the next due time failed: {e}");
+                    shared.sleep(STORE_ERROR_PAUSE);
+                    break;
+                }
+            };
+            if wait.is_zero() {
+                // Due right after a claim that did not take it: its budget is spent, so it
+                // waits for expiry, not a busy loop. Due later on: claim it.
+                if first_look {
+                    shared.sleep(EXPIRE_EVERY.min(config.poll_interval));
+                }
+                break;
             }
-        };
-        // A due row we could not claim (its budget spent) waits for expiry, not a busy loop.
-        let wait = if wait.is_zero() {
-            EXPIRE_EVERY.min(config.poll_interval)
-        } else {
-            wait
-        };
-        shared.sleep(wait);
+            if shared.sleep(wait) {
+                break;
+            }
+            first_look = false;
+            if late_release_at.is_some_and(|t| Instant::now() >= t) {
+                late_release_at = None;
+                release_memory(shared);
+            }
+        }
     }
 }
 

@@ -41,6 +41,7 @@ engine_suite!(
     missing_credential_is_never_sent_without_auth,
     get_and_delete_carry_no_body_and_no_content_type,
     succeeded_delivery_is_never_sent_again,
+    a_row_written_without_a_wake_is_found_by_the_poll,
     graceful_shutdown_hands_back_unsent_claims,
 );
 
@@ -430,6 +431,19 @@ fn succeeded_delivery_is_never_sent_again(t: &TestStore) {
     let _a = RunningEngine::start(&t.store, fast_engine_config());
     let _b = RunningEngine::start(&t.store, fast_engine_config());
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.received().len(), 1);
+}
+
+/// As another process's insert: no wake. An idle claimer polls with one read, and a row
+/// found due there is claimed and sent.
+fn a_row_written_without_a_wake_is_found_by_the_poll(t: &TestStore) {
+    let receiver = Receiver::start(vec![], Reply::Status(200));
+    let _engine = RunningEngine::start(&t.store, fast_engine_config());
+    // Several polls with nothing due: the claimer is in its idle loop.
+    std::thread::sleep(Duration::from_millis(300));
+    let uuid = enqueue(t, to(&receiver, 1));
+    let detail = wait_terminal(&t.store, &uuid, WAIT);
+    assert_eq!(detail.delivery.status, Status::Succeeded);
     assert_eq!(receiver.received().len(), 1);
 }
 
