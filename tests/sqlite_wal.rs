@@ -60,3 +60,50 @@ fn the_wal_starts_over_under_constant_writes() {
         rewritten >> 20
     );
 }
+
+/// Rows in the database file itself, leaving out what is only in the WAL: a copy of the
+/// file alone, opened elsewhere. `None` while a checkpoint is half-way through the copy.
+fn rows_in_database_file(database: &str) -> Option<i64> {
+    let dir = tempfile::tempdir().ok()?;
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(database, &copy).ok()?;
+    let conn = rusqlite::Connection::open(&copy).ok()?;
+    conn.query_row("SELECT count(*) FROM webhook_deliveries", [], |r| r.get(0))
+        .ok()
+}
+
+/// Waits up to 10 s for the database file to hold `rows` rows.
+fn wait_for_rows_in_database_file(database: &str, rows: i64) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if rows_in_database_file(database) == Some(rows) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_write_after_an_idle_spell_is_checkpointed_soon() {
+    // With nothing to copy, the checkpointer sleeps for a minute; a commit must wake it, so
+    // what was written reaches the database file (and the disk) within about a second.
+    let t = common::sqlite();
+    let create = |run| {
+        t.store
+            .create_many(&[common::new_delivery(run, "idle")], clock::now())
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+    };
+    create(1);
+    assert!(wait_for_rows_in_database_file(&t.database, 1));
+    // Two more ticks of the checkpointer find nothing new: it goes idle.
+    std::thread::sleep(Duration::from_millis(2500));
+    create(2);
+    assert!(
+        wait_for_rows_in_database_file(&t.database, 2),
+        "the second row did not reach the database file within 10 s"
+    );
+}

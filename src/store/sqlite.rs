@@ -9,6 +9,7 @@
 //! may only fail whole needs no statement journal: without it SQLite copies every page a
 //! statement changes before changing it (callgrind: 21 % of an enqueue's instructions).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ const READER_CACHE_KIB: i64 = 256;
 const READER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the background thread checkpoints the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often it looks for writes when none came since its last complete checkpoint. This
+/// process's writes wake it at once; the look is the backstop for other processes' writes.
+const CHECKPOINT_IDLE_EVERY: Duration = Duration::from_secs(60);
 /// ... and how soon after one that found the WAL past [`RESTART_WAL_FRAMES`].
 const CHECKPOINT_BUSY_EVERY: Duration = Duration::from_millis(100);
 /// A WAL longer than this many frames (~40 MiB) after a background checkpoint is finished
@@ -103,18 +107,33 @@ pub struct SqliteStore {
     readers: r2d2::Pool<SqliteConnectionManager>,
     /// Dropped with the store (after `writer`), which ends and joins the checkpoint thread,
     /// so the writer connection is closed when the store's drop returns.
-    _checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Checkpointer>,
 }
 
 /// The running checkpoint thread (see `start_checkpointer`).
 struct Checkpointer {
-    stop: Option<crossbeam_channel::Sender<()>>,
+    /// A message wakes the thread; closing the channel stops it.
+    signal: Option<crossbeam_channel::Sender<()>>,
+    /// Set by the thread when it found nothing to do and sleeps long.
+    idle: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// After a commit: wakes the thread if it sleeps long (the first commit after idle only).
+    fn nudge(&self) {
+        if self.idle.load(Ordering::SeqCst)
+            && self.idle.swap(false, Ordering::SeqCst)
+            && let Some(signal) = &self.signal
+        {
+            let _ = signal.try_send(());
+        }
+    }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.take();
+        self.signal.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -174,6 +193,9 @@ impl SqliteStore {
             .min_idle(Some(0))
             // Idle readers are closed (with their page caches) so an idle service stays small.
             .idle_timeout(Some(READER_IDLE_TIMEOUT))
+            // A connection to a local file does not go stale as a socket does; the check
+            // r2d2_sqlite would run on every checkout parses and runs a `SELECT 1`.
+            .test_on_check_out(false)
             .build_unchecked(manager);
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
@@ -200,7 +222,7 @@ impl SqliteStore {
             writer,
             synchronous: options.synchronous,
             readers,
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
@@ -238,6 +260,9 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         let value = f(&tx).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.nudge();
+        }
         Ok(value)
     }
 
@@ -254,8 +279,9 @@ impl SqliteStore {
     }
 }
 
-/// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`]. It ends when the
-/// returned [`Checkpointer`] is dropped. `None` if it could not start; the writer then
+/// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] while writes come,
+/// and otherwise sleeps until a commit nudges it (see [`Checkpointer::nudge`]). It ends when
+/// the returned [`Checkpointer`] is dropped. `None` if it could not start; the writer then
 /// checkpoints by itself.
 ///
 /// A PASSIVE checkpoint never blocks writers, but under constant writes it never reaches the
@@ -271,21 +297,48 @@ fn start_checkpointer(
 ) -> Option<Checkpointer> {
     let conn = Connection::open_with_flags(path, flags).ok()?;
     init_connection(&conn, synchronous, READER_CACHE_KIB).ok()?;
-    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let (signal, signals) = crossbeam_channel::bounded::<()>(1);
+    let idle = Arc::new(AtomicBool::new(false));
+    let thread_idle = Arc::clone(&idle);
     let path = path.to_string();
     let writer = Arc::clone(writer);
-    // A PASSIVE checkpoint; the frames in the WAL (the pragma answers busy, WAL frames,
-    // frames checkpointed).
+    // A PASSIVE checkpoint; the frames in the WAL and those checkpointed (the pragma answers
+    // busy, WAL frames, frames checkpointed).
     let checkpoint = |conn: &Connection| {
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
     };
+    // Changes whenever another connection (of any process) commits.
+    let data_version =
+        |conn: &Connection| conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
     let thread = std::thread::Builder::new()
         .name("outbox-checkpoint".into())
         .spawn(move || {
             let mut wait = CHECKPOINT_EVERY;
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait)
-            {
-                let finished = checkpoint(&conn).and_then(|frames| {
+            // The data version when a checkpoint last copied the whole WAL: while it holds,
+            // there is nothing to copy, and an idle service does not wake SQLite every second.
+            let mut copied_at: Option<i64> = None;
+            while !matches!(
+                signals.recv_timeout(wait),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            ) {
+                thread_idle.store(false, Ordering::SeqCst);
+                let version = data_version(&conn).ok();
+                if version.is_some() && version == copied_at {
+                    // Sleep long, until a commit nudges. Look once more after saying so: a
+                    // commit that came before `idle` was set did not nudge.
+                    thread_idle.store(true, Ordering::SeqCst);
+                    if data_version(&conn).ok() == version {
+                        wait = CHECKPOINT_IDLE_EVERY;
+                        continue;
+                    }
+                    thread_idle.store(false, Ordering::SeqCst);
+                }
+                let finished = checkpoint(&conn).and_then(|(frames, copied)| {
+                    if frames == copied {
+                        copied_at = version;
+                    }
                     if frames < RESTART_WAL_FRAMES {
                         return Ok(false);
                     }
@@ -305,7 +358,8 @@ fn start_checkpointer(
         })
         .ok()?;
     Some(Checkpointer {
-        stop: Some(stop),
+        signal: Some(signal),
+        idle,
         thread: Some(thread),
     })
 }
