@@ -42,6 +42,7 @@ engine_suite!(
     get_and_delete_carry_no_body_and_no_content_type,
     succeeded_delivery_is_never_sent_again,
     a_row_written_without_a_wake_is_found_by_the_poll,
+    keeps_its_connection_while_deliveries_come_one_at_a_time,
     graceful_shutdown_hands_back_unsent_claims,
 );
 
@@ -445,6 +446,25 @@ fn a_row_written_without_a_wake_is_found_by_the_poll(t: &TestStore) {
     let detail = wait_terminal(&t.store, &uuid, WAIT);
     assert_eq!(detail.delivery.status, Status::Succeeded);
     assert_eq!(receiver.received().len(), 1);
+}
+
+/// At a low rate the engine goes idle between deliveries; it must not drop its kept-alive
+/// connection each time (it gives memory back only after a few seconds of idleness).
+fn keeps_its_connection_while_deliveries_come_one_at_a_time(t: &TestStore) {
+    let receiver = Receiver::start(vec![], Reply::Status(200));
+    let engine = RunningEngine::start(&t.store, fast_engine_config());
+    for run in 1..=5 {
+        let uuid = enqueue(t, to(&receiver, run));
+        engine.wake();
+        assert_eq!(
+            wait_terminal(&t.store, &uuid, WAIT).delivery.status,
+            Status::Succeeded
+        );
+        // Idle for a few polls before the next one.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(receiver.received().len(), 5);
+    assert_eq!(receiver.connections(), 1);
 }
 
 fn graceful_shutdown_hands_back_unsent_claims(t: &TestStore) {

@@ -71,6 +71,8 @@ type ReplyFn = dyn Fn(&Received) -> Reply + Send + Sync;
 
 struct Inner {
     stop: AtomicBool,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
     received: Mutex<Vec<Received>>,
     arrived: Condvar,
     reply: Box<ReplyFn>,
@@ -101,6 +103,7 @@ impl Receiver {
         let addr = listener.local_addr().expect("receiver addr");
         let inner = Arc::new(Inner {
             stop: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
             received: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             reply: Box::new(f),
@@ -125,6 +128,11 @@ impl Receiver {
     /// The socket address the receiver listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many connections clients have opened so far.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
     }
 
     /// All requests so far, in arrival order.
@@ -205,6 +213,7 @@ fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
             thread::sleep(Duration::from_millis(10));
             continue;
         };
+        inner.connections.fetch_add(1, Ordering::SeqCst);
         conns.retain(|h| !h.is_finished());
         let conn_inner = Arc::clone(&inner);
         if let Ok(h) = thread::Builder::new()
