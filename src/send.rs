@@ -40,7 +40,7 @@ pub trait Sender: Send + Sync {
     fn send(&self, request: &Request) -> Response;
 
     /// Closes kept-alive connections and forgets cached lookups, so an idle service holds no
-    /// buffers for them. Called when the engine goes idle; the next send reconnects.
+    /// buffers for them. Called once the engine has been idle a while; the next send reconnects.
     fn release_idle(&self) {}
 }
 
