@@ -359,10 +359,17 @@ fn naive(args: &Args, receiver: &Receiver, dir: &std::path::Path) -> f64 {
     rate(total as u64, start.elapsed())
 }
 
-/// 3. The engine draining a backlog of `n` rows.
-fn drain(args: &Args, receiver: &Receiver, store: Arc<dyn Store>) -> Measured {
+/// Section 3: the engine draining a backlog of `n` rows. `before` runs once the backlog is
+/// written, right before the engine starts.
+fn drain(
+    args: &Args,
+    receiver: &Receiver,
+    store: Arc<dyn Store>,
+    before: impl FnOnce(),
+) -> Measured {
     let n = args.deliveries;
     fill_and_settle(&store, &receiver.url, n);
+    before();
     let metrics = Arc::new(Metrics::default());
     let config = engine_config(args.senders);
     let sender = Arc::new(UreqSender::new(&config.http).unwrap());
@@ -442,14 +449,25 @@ fn main() {
     if args.runs("outbox") {
         let backends = open_backends(&args, &args.modes, dir.path(), "drain", &mut pg_schemas);
         for (name, store) in backends {
-            let measured = drain(&args, &receiver, store);
+            // The ceiling again, right before and right after each drain: this machine's
+            // speed drifts by a third within a minute, and only a ratio to figures taken on
+            // either side of the drain cancels the drift (their mean, for a steady drift).
+            let bracket = ceiling_rate.is_some();
+            let mut before = None;
+            let measured = drain(&args, &receiver, store, || {
+                before = bracket.then(|| ceiling(&args, &receiver));
+            });
             let r = measured.rate;
             let mut line = measured.to_string();
-            if ceiling_rate.is_some() {
-                // The ceiling again, right after: the machine's speed drifts over a long run,
-                // and a ratio of two figures taken side by side is what cancels the drift.
-                let c = ceiling(&args, &receiver);
-                line.push_str(&format!("   x{:.2} ceiling ({c} just after)", r / c.rate));
+            if let Some(b) = before {
+                let a = ceiling(&args, &receiver);
+                let mean = (b.rate + a.rate) / 2.0;
+                line.push_str(&format!(
+                    "   x{:.2} ceiling ({:.0} before, {:.0} after)",
+                    r / mean,
+                    b.rate,
+                    a.rate
+                ));
             }
             if let Some(nv) = naive_rate {
                 line.push_str(&format!("   x{:.1} naive", r / nv));
