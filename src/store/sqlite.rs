@@ -17,6 +17,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
 };
+use scheduled_thread_pool::ScheduledThreadPool;
 use time::OffsetDateTime;
 
 use super::{
@@ -196,6 +197,15 @@ impl SqliteStore {
             // A connection to a local file does not go stale as a socket does; the check
             // r2d2_sqlite would run on every checkout parses and runs a `SELECT 1`.
             .test_on_check_out(false)
+            // r2d2 gives each pool three threads of its own by default, to open and reap
+            // connections. Opening a local file does not block, so one thread does; each
+            // thread more is a stack and an allocator arena that an idle service holds.
+            .thread_pool(Arc::new(
+                ScheduledThreadPool::builder()
+                    .num_threads(1)
+                    .thread_name_pattern("outbox-readers")
+                    .build(),
+            ))
             .build_unchecked(manager);
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
