@@ -477,6 +477,7 @@ fn main() {
     }
     if let Some(url) = &args.postgres {
         drop_schemas(url, &pg_schemas);
+        flush_postgres(url);
     }
     if args.runs("serve") {
         match serve_section(&args, &receiver, dir.path()) {
@@ -548,6 +549,18 @@ fn drop_schemas(url: &str, schemas: &[String]) {
         admin
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .unwrap();
+    }
+}
+
+/// Has PostgreSQL write out now what the drains left in its buffers. Otherwise its next
+/// checkpoint does, during the `serve` section, and its writes and fsyncs slow that section's
+/// SQLite commits (seen: latency p50 1.95 ms and p99 13 ms right after a PostgreSQL drain,
+/// against 0.85 and 5.3 ms without one).
+fn flush_postgres(url: &str) {
+    let flushed = postgres::Client::connect(url, postgres::NoTls)
+        .and_then(|mut admin| admin.batch_execute("CHECKPOINT"));
+    if let Err(e) = flushed {
+        println!("(PostgreSQL CHECKPOINT failed, its buffers may be flushed during `serve`: {e})");
     }
 }
 
