@@ -249,7 +249,14 @@ struct Measured {
 
 impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.0}   ({:.2} cores busy)", self.rate, self.cores)
+        // CPU time of this process per operation: what a ratio of two rates comes down to
+        // when both are bound by CPU.
+        let cpu_us = self.cores / self.rate.max(1.0) * 1e6;
+        write!(
+            f,
+            "{:.0}   ({:.2} cores busy, {cpu_us:.0} us CPU each)",
+            self.rate, self.cores
+        )
     }
 }
 
