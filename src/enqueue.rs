@@ -280,7 +280,7 @@ fn check_port(port: Option<&str>, none_ok: bool) -> std::result::Result<(), Stri
 /// One enqueue waiting for the writer thread, and where to send its result.
 struct Job {
     /// Boxed, so the channel's slots (all allocated and touched when it is made) are two
-    /// pointers, not a whole delivery each: 12 KiB for [`MAX_BATCH`] slots instead of 106.
+    /// pointers, not a whole delivery each: 12 KiB for [`MAX_BATCH`] slots instead of 112.
     new: Box<NewDelivery>,
     reply: Arc<Reply>,
 }
