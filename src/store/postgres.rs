@@ -1,10 +1,13 @@
 //! The PostgreSQL backend, for installs that run several instances against one database.
 //! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on each other's rows;
 //! outcome batches are one statement over `unnest`ed arrays (one round trip per batch).
+//! Each pooled connection prepares a statement once and keeps it (see [`Cached`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use postgres::{NoTls, Row, Transaction};
+use postgres::types::ToSql;
+use postgres::{GenericClient, NoTls, Row, Statement, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use time::OffsetDateTime;
 
@@ -65,6 +68,89 @@ fn columns(prefix: &str) -> String {
     .join(", ")
 }
 
+/// A pooled connection and the statements prepared on it, by SQL text.
+struct PgConnection {
+    client: postgres::Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// r2d2_postgres's manager, with a statement cache on each connection.
+struct Manager(PostgresConnectionManager<NoTls>);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConnection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<PgConnection, postgres::Error> {
+        Ok(PgConnection {
+            client: self.0.connect()?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> std::result::Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        self.0.has_broken(&mut conn.client)
+    }
+}
+
+/// A client or transaction that prepares each statement once per connection. A statement
+/// sent as text is parsed and planned by the server every time, in a round trip of its own
+/// before the one that runs it: per outcome batch, two of its six round trips. Statements
+/// persist across transactions (PostgreSQL's prepared statements are not transactional);
+/// the set is bounded, since every SQL text here is a constant or built from constants.
+struct Cached<'a, C> {
+    client: &'a mut C,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl<C: GenericClient> Cached<'_, C> {
+    fn statement(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &Params,
+    ) -> std::result::Result<Vec<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &Params,
+    ) -> std::result::Result<Row, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_one(&statement, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: &Params) -> std::result::Result<u64, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params)
+    }
+
+    /// Runs `sql` as text, uncached: for DDL and `SET`, which take no parameters.
+    fn batch_execute(&mut self, sql: &str) -> std::result::Result<(), postgres::Error> {
+        self.client.batch_execute(sql)
+    }
+}
+
+type Tx<'a, 'b> = Cached<'a, Transaction<'b>>;
+type Client<'a> = Cached<'a, postgres::Client>;
+
 /// Errors inside a transaction: the server's, or stored data that does not parse.
 enum PgError {
     Db(postgres::Error),
@@ -82,7 +168,7 @@ type PgResult<T> = std::result::Result<T, PgError>;
 /// The PostgreSQL store.
 pub struct PostgresStore {
     url: String,
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<Manager>,
 }
 
 impl PostgresStore {
@@ -106,7 +192,7 @@ impl PostgresStore {
         let mut probe = config.connect(NoTls).map_err(err)?;
         probe.simple_query("SELECT 1").map_err(err)?;
         drop(probe);
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = Manager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
@@ -127,24 +213,30 @@ impl PostgresStore {
         }
     }
 
-    fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn client(&self) -> Result<r2d2::PooledConnection<Manager>> {
         self.pool.get().map_err(|source| Error::Pool {
             target: self.describe_url(),
             source,
         })
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Transaction) -> PgResult<T>) -> Result<T> {
-        let mut client = self.client()?;
+    fn write<T>(&self, f: impl FnOnce(&mut Tx) -> PgResult<T>) -> Result<T> {
+        let mut conn = self.client()?;
+        let PgConnection { client, statements } = &mut *conn;
         let mut tx = client.transaction().map_err(|e| self.err(e.into()))?;
-        let value = f(&mut tx).map_err(|e| self.err(e))?;
+        let value = f(&mut Cached {
+            client: &mut tx,
+            statements,
+        })
+        .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e.into()))?;
         Ok(value)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut postgres::Client) -> PgResult<T>) -> Result<T> {
-        let mut client = self.client()?;
-        f(&mut client).map_err(|e| self.err(e))
+    fn read<T>(&self, f: impl FnOnce(&mut Client) -> PgResult<T>) -> Result<T> {
+        let mut conn = self.client()?;
+        let PgConnection { client, statements } = &mut *conn;
+        f(&mut Cached { client, statements }).map_err(|e| self.err(e))
     }
 
     fn describe_url(&self) -> String {
@@ -187,7 +279,7 @@ fn rows_to_deliveries(rows: &[Row]) -> PgResult<Vec<Delivery>> {
     rows.iter().map(row_to_delivery).collect()
 }
 
-fn applied_versions(tx: &mut Transaction) -> PgResult<Vec<u32>> {
+fn applied_versions(tx: &mut Tx) -> PgResult<Vec<u32>> {
     tx.execute(MIGRATION_LOCK, &[])?;
     tx.batch_execute(MIGRATIONS_TABLE)?;
     let rows = tx.query(
@@ -197,7 +289,7 @@ fn applied_versions(tx: &mut Transaction) -> PgResult<Vec<u32>> {
     Ok(rows.iter().map(|r| to_u32(r.get(0))).collect())
 }
 
-fn insert_attempts(tx: &mut Transaction, rows: &[(i64, &Attempt)]) -> PgResult<()> {
+fn insert_attempts(tx: &mut Tx, rows: &[(i64, &Attempt)]) -> PgResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -324,32 +416,27 @@ impl super::Store for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<Vec<Result<(Delivery, bool)>>> {
         self.write(|tx| {
-            let bind = tx.prepare(
-                "INSERT INTO workflow_run_organizations (workflow_run_id, organization_id, \
-                 created_at) VALUES ($1, $2, $3) ON CONFLICT (workflow_run_id) DO NOTHING",
-            )?;
-            let bound = tx.prepare(
-                "SELECT organization_id FROM workflow_run_organizations WHERE workflow_run_id = $1",
-            )?;
-            let insert = tx.prepare(
-                "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
+            let bind = "INSERT INTO workflow_run_organizations (workflow_run_id, organization_id, \
+                 created_at) VALUES ($1, $2, $3) ON CONFLICT (workflow_run_id) DO NOTHING";
+            let bound =
+                "SELECT organization_id FROM workflow_run_organizations WHERE workflow_run_id = $1";
+            let insert = "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
                  webhook_node_id, webhook_name, endpoint_url, http_method, payload, \
                  custom_headers, credential_uuid, status, attempt_count, max_attempts, \
                  scheduled_for, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
                  CAST($8::text AS json), CAST($9::text AS json), $10, 'pending', 0, $11, $12, \
                  $13, $13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
-                 RETURNING id",
-            )?;
-            let existing = tx.prepare(&format!(
+                 RETURNING id";
+            let existing = format!(
                 "SELECT {} FROM webhook_deliveries WHERE workflow_run_id = $1 AND webhook_node_id = $2",
                 columns("")
-            ))?;
+            );
             let mut results = Vec::with_capacity(new.len());
             for n in new {
                 // Insert first, then read: under READ COMMITTED a concurrent binder's row is
                 // seen once its transaction commits, so two organizations cannot both win.
-                tx.execute(&bind, &[&n.workflow_run_id, &n.organization_id, &now])?;
-                let owner: i64 = tx.query_one(&bound, &[&n.workflow_run_id])?.get(0);
+                tx.execute(bind, &[&n.workflow_run_id, &n.organization_id, &now])?;
+                let owner: i64 = tx.query_one(bound, &[&n.workflow_run_id])?.get(0);
                 if owner != n.organization_id {
                     results.push(Err(Error::OrganizationMismatch {
                         workflow_run_id: n.workflow_run_id,
@@ -360,7 +447,7 @@ impl super::Store for PostgresStore {
                 }
                 let delivery_uuid = super::new_delivery_uuid();
                 let rows = tx.query(
-                    &insert,
+                    insert,
                     &[
                         &delivery_uuid,
                         &n.organization_id,
