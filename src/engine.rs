@@ -227,8 +227,11 @@ impl Engine {
             unsent: AtomicUsize::new(0),
             avg_send_micros: AtomicU64::new(0),
         });
+        // Boxed claims: a bounded channel allocates and touches all its slots when it is made,
+        // and with the default 16 senders its 1,024 slots of a whole claim each held 336 KiB
+        // for the life of the process (measured at start: 1.5 -> 1.1 MiB anonymous memory).
         let (claims_tx, claims_rx) =
-            crossbeam_channel::bounded::<Claim>(senders * MAX_QUEUE_PER_SENDER);
+            crossbeam_channel::bounded::<Box<Claim>>(senders * MAX_QUEUE_PER_SENDER);
         let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded::<Outcome>();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -299,7 +302,7 @@ impl Engine {
     }
 }
 
-fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
+fn claimer(shared: &Shared, claims: ChannelSender<Box<Claim>>) {
     let config = &shared.config;
     let mut last_expire: Option<Instant> = None;
     // Set while deliveries flow; the first idle look after that sets when freed memory is
@@ -359,7 +362,7 @@ fn claimer(shared: &Shared, claims: ChannelSender<Claim>) {
         shared.in_flight.fetch_add(got, Ordering::AcqRel);
         shared.unsent.fetch_add(got, Ordering::AcqRel);
         for claim in batch {
-            if claims.send(claim).is_err() {
+            if claims.send(Box::new(claim)).is_err() {
                 return;
             }
         }
@@ -413,7 +416,7 @@ fn until(t: OffsetDateTime, now: OffsetDateTime) -> Duration {
     Duration::try_from(t - now).unwrap_or(Duration::ZERO)
 }
 
-fn sender_loop(shared: &Shared, claims: &Receiver<Claim>, outcomes: &ChannelSender<Outcome>) {
+fn sender_loop(shared: &Shared, claims: &Receiver<Box<Claim>>, outcomes: &ChannelSender<Outcome>) {
     while let Ok(claim) = claims.recv() {
         shared.claim_taken();
         let outcome =
