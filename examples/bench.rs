@@ -1,6 +1,8 @@
 //! The benchmark: `cargo run --release --example bench -- [options]`.
 //!
 //! Starts a fast local receiver (threads of this process), then measures and prints:
+//! 0. disk: what a 4 KiB write and its fsync cost where the databases are (the naive loop and
+//!    the enqueue rate wait on it);
 //! 1. ceiling: bare HTTP POSTs to the receiver with the same sender count (no database);
 //! 2. naive: a per-row loop (claim 1, send, record 1; a synced commit each, SQLite STRICT),
 //!    the design replaced;
@@ -20,7 +22,7 @@
 //! --rate 1000 (latency, per second), --latency-seconds 5, --enqueue-seconds 5,
 //! --enqueue-warmup-seconds 2 (enqueues before the measured ones, on the same fresh database),
 //! --enqueue-clients 16, --idle-seconds 10, --only LIST (comma-separated sections:
-//! ceiling,naive,store,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
+//! disk,ceiling,naive,store,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -419,18 +421,28 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let receiver = Receiver::start();
     println!(
-        "outbox benchmark: {} deliveries of 1 KiB, {} senders, {} cores",
+        "outbox benchmark: {} deliveries of 1 KiB, {} senders, {} cores ({}), {}",
         args.deliveries,
         args.senders,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        cpu_model(),
+        time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .unwrap_or_default()
     );
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut print = |name: &str, value: String| {
         println!("{name:<44} {value}");
         rows.push((name.to_string(), value));
     };
+    if args.runs("disk") {
+        let value = disk(dir.path()).unwrap_or_else(|e| format!("not measured: {e}"));
+        print("disk: a 4 KiB write + fsync", value);
+    }
     let ceiling_rate = args.runs("ceiling").then(|| ceiling(&args, &receiver));
     if let Some(c) = ceiling_rate {
         print("ceiling: bare POSTs/s", c.to_string());
@@ -870,6 +882,58 @@ fn enqueue_body(url: &str, run: i64) -> String {
         r#"{{"organization_id":1,"workflow_run_id":{run},"webhook_node_id":"bench","endpoint_url":"{url}","payload":{}}}"#,
         payload_1k(run)
     )
+}
+
+/// The processor's name, from /proc/cpuinfo ("unknown CPU" elsewhere).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// 0: what a durable write costs where the benchmark's databases live: 4 KiB written and
+/// fsynced (as SQLite syncs a commit), first each write growing the file, then over the same
+/// bytes again (as SQLite reuses its WAL file once a checkpoint has emptied it). The naive
+/// loop and the enqueue rate wait on this; printed so a run's figures can be read against
+/// the disk's state that day.
+fn disk(dir: &std::path::Path) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    const WRITES: usize = 400;
+    const BLOCK: usize = 4096;
+    let path = dir.join("fsync-probe");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    let block = vec![0x5a_u8; BLOCK];
+    let round = || -> std::io::Result<Vec<Duration>> {
+        let mut took = Vec::with_capacity(WRITES);
+        for i in 0..WRITES {
+            let start = Instant::now();
+            file.write_all_at(&block, (i * BLOCK) as u64)?;
+            file.sync_all()?;
+            took.push(start.elapsed());
+        }
+        took.sort();
+        Ok(took)
+    };
+    let growing = round()?;
+    let overwriting = round()?;
+    std::fs::remove_file(&path)?;
+    Ok(format!(
+        "growing the file p50 {} p99 {}   overwriting p50 {} p99 {}",
+        ms(percentile(&growing, 0.5)),
+        ms(percentile(&growing, 0.99)),
+        ms(percentile(&overwriting, 0.5)),
+        ms(percentile(&overwriting, 0.99)),
+    ))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
