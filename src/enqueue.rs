@@ -23,6 +23,7 @@ use crate::engine::Waker;
 use crate::error::{Error, Result};
 use crate::headers::{filter_custom_headers, is_valid_header_name, is_valid_header_value};
 use crate::metrics::Metrics;
+use crate::priority;
 use crate::render::build_payload;
 use crate::store::Store;
 
@@ -418,6 +419,13 @@ fn writer(
     clock: &dyn Clock,
     jobs: &Receiver<Job>,
 ) {
+    if !priority::set_current_thread_nice(priority::WRITER_NICE) {
+        log::info!(
+            "the enqueue writer runs at the default priority; enqueues under load are faster \
+             when it may run at nice {} (systemd: LimitNICE={0})",
+            priority::WRITER_NICE
+        );
+    }
     let mut news: Vec<NewDelivery> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Arc<Reply>> = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first job; everything that queued up meanwhile joins its commit.
@@ -497,6 +505,42 @@ mod tests {
     fn run(body: &str) -> std::result::Result<Prepared, String> {
         let req: EnqueueRequest = serde_json::from_str(body).map_err(|e| e.to_string())?;
         prepare(req, 5, NOW)
+    }
+
+    /// Every enqueue waits on the writer thread, so it asks for [`priority::WRITER_NICE`];
+    /// where the process may not lower a nice value, it keeps the process's and still works.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_writer_thread_runs_at_writer_nice_where_allowed() {
+        use crate::priority::probe::{current_tid, nice_of, threads_named};
+        let allowed =
+            std::thread::spawn(|| priority::set_current_thread_nice(priority::WRITER_NICE))
+                .join()
+                .unwrap();
+        let expected = if allowed {
+            priority::WRITER_NICE
+        } else {
+            nice_of(&current_tid())
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db").to_string_lossy().into_owned();
+        let store = crate::store::open(&path, &crate::store::StoreOptions::default()).unwrap();
+        store.migrate_up().unwrap();
+        let enqueuer = Enqueuer::start(
+            store,
+            None,
+            Arc::new(Metrics::default()),
+            Arc::new(crate::clock::SystemClock),
+        );
+        // Answered only by the writer's loop, which the priority call comes before.
+        let (_, created) = enqueuer
+            .enqueue(run(&body(json!({}))).unwrap().new)
+            .unwrap();
+        assert!(created);
+        let writers = threads_named("outbox-enqueuer");
+        assert_eq!(writers.len(), 1, "no other test starts an enqueuer");
+        assert_eq!(nice_of(&writers[0]), expected, "allowed: {allowed}");
+        enqueuer.shutdown();
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod json;
 pub mod memory;
 pub mod metrics;
 pub mod policy;
+pub mod priority;
 pub mod render;
 pub mod secret_box;
 pub mod send;
