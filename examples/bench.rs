@@ -418,6 +418,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // As `outbox serve` does first: the engine drained in this process then runs with the
+    // service's allocator settings.
+    outbox::memory::fix_mmap_threshold();
     let dir = tempfile::tempdir().expect("temp dir");
     let receiver = Receiver::start();
     println!(
