@@ -3,6 +3,7 @@
 
 mod postgres;
 mod sqlite;
+mod sqlite_wal_vfs;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -176,7 +176,12 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let writer = Connection::open_with_flags(path, flags).map_err(err)?;
+        // The writer's WAL appends go out in one write per commit (see `sqlite_wal_vfs`).
+        let writer = match super::sqlite_wal_vfs::name() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+            None => Connection::open_with_flags(path, flags),
+        }
+        .map_err(err)?;
         // Setting WAL writes to the file: an unwritable or corrupt file fails here, at open.
         init_connection(&writer, options.synchronous, WRITER_CACHE_KIB).map_err(err)?;
         writer
