@@ -303,7 +303,7 @@ impl SqliteStore {
 /// WAL's end, and only a complete checkpoint lets the next write start the WAL from the
 /// beginning: the file would grow without bound. So when the WAL has grown past
 /// [`RESTART_WAL_FRAMES`], the thread checkpoints once more holding the writer lock, with
-/// only the frames written meanwhile left to copy.
+/// only the frames written meanwhile left to copy and sync.
 fn start_checkpointer(
     path: &str,
     flags: OpenFlags,
@@ -327,6 +327,9 @@ fn start_checkpointer(
     // Changes whenever another connection (of any process) commits.
     let data_version =
         |conn: &Connection| conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+    // Only to sync the database file early (see below); SQLite's own sync stays the one
+    // that counts, so without it checkpoints are as safe, only the lock is held longer.
+    let db_file = std::fs::File::open(&path).ok();
     let thread = std::thread::Builder::new()
         .name("outbox-checkpoint".into())
         .spawn(move || {
@@ -357,6 +360,14 @@ fn start_checkpointer(
                     if frames < RESTART_WAL_FRAMES {
                         return Ok(false);
                     }
+                    // SQLite syncs the database file only after a checkpoint that ends at the
+                    // WAL's end, which one running beside writes seldom does: the locked pass
+                    // would sync all that this one copied (measured: it held the lock for
+                    // 40-110 ms of a drain). So sync it now, copy what came meanwhile and sync
+                    // that, outside the lock; the locked pass has a short tail left (0-12 ms).
+                    sync_database(db_file.as_ref(), &path);
+                    checkpoint(&conn)?;
+                    sync_database(db_file.as_ref(), &path);
                     let _writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
                     checkpoint(&conn).map(|_| true)
                 });
@@ -377,6 +388,14 @@ fn start_checkpointer(
         idle,
         thread: Some(thread),
     })
+}
+
+/// Syncs the database file's written pages to disk, if it could be opened (see
+/// `start_checkpointer`). A failure is only logged: SQLite's own sync follows.
+fn sync_database(file: Option<&std::fs::File>, path: &str) {
+    if let Some(Err(e)) = file.map(std::fs::File::sync_data) {
+        log::debug!("SQLite {path}: early sync of the database file failed: {e}");
+    }
 }
 
 fn conversion_error(message: String) -> rusqlite::Error {
