@@ -868,6 +868,7 @@ impl super::Store for SqliteStore {
 
     fn release_memory(&self) {
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        super::sqlite_wal_vfs::release_buffer(&writer.conn);
         if let Err(e) = writer.conn.execute_batch("PRAGMA shrink_memory") {
             log::debug!("SQLite {}: shrink_memory failed: {e}", self.path);
         }

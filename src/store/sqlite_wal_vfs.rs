@@ -81,6 +81,35 @@ unsafe fn register() -> bool {
     unsafe { ffi::sqlite3_vfs_register(vfs, 0) == ffi::SQLITE_OK }
 }
 
+/// Frees the WAL buffer of `conn` (a connection opened with this VFS), so an idle service
+/// does not hold it; the next commit allocates it again. The caller must hold `conn` for
+/// itself, as the store's writer lock does. Does nothing for a connection of another VFS.
+pub(crate) fn release_buffer(conn: &rusqlite::Connection) {
+    let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
+    // SAFETY: FILE_POINTER writes the main database's sqlite3_file (or nothing) into `file`;
+    // it is a ShimFile if its methods are ours, and stays open while `conn` is borrowed.
+    unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast::<c_void>(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || !ptr::eq((*file).pMethods, &METHODS) {
+            return;
+        }
+        let db = &*file.cast::<ShimFile>();
+        if db.peer.is_null() {
+            return;
+        }
+        if let Some(wal) = (*db.peer).wal.as_mut()
+            && wal.bytes.is_empty()
+        {
+            wal.bytes = Vec::new();
+        }
+    }
+}
+
 /// What an open file of this VFS is.
 #[repr(C)]
 struct ShimFile {
@@ -620,6 +649,12 @@ mod tests {
         // Ten 1 KiB rows: several pages, two writes (up to the commit frame's header, and
         // its page) where SQLite alone makes two per page.
         assert_eq!(wal_of(&conn).write_outs - before, 2);
+        assert!(wal_of(&conn).bytes.capacity() >= MAX_BUFFER);
+        release_buffer(&conn);
+        assert_eq!(wal_of(&conn).bytes.capacity(), 0, "released");
+        conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])
+            .unwrap();
+        assert_eq!(wal_of(&conn).write_outs - before, 4, "and buffered again");
     }
 
     #[test]
