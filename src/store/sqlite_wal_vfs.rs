@@ -85,6 +85,20 @@ unsafe fn register() -> bool {
 /// does not hold it; the next commit allocates it again. The caller must hold `conn` for
 /// itself, as the store's writer lock does. Does nothing for a connection of another VFS.
 pub(crate) fn release_buffer(conn: &rusqlite::Connection) {
+    // SAFETY: the caller holds `conn`, so no SQLite call uses the buffer meanwhile.
+    if let Some(wal) = unsafe { wal_buffer(conn).as_mut() }
+        && wal.bytes.is_empty()
+    {
+        wal.bytes = Vec::new();
+    }
+}
+
+/// The buffer of `conn`'s WAL file, if `conn` was opened with this VFS and its WAL is open
+/// (null otherwise). Valid while the WAL stays open; SQLite uses it during any call on `conn`.
+///
+/// # Safety
+/// `conn` must be open.
+unsafe fn wal_buffer(conn: &rusqlite::Connection) -> *mut WalBuffer {
     let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
     // SAFETY: FILE_POINTER writes the main database's sqlite3_file (or nothing) into `file`;
     // it is a ShimFile if its methods are ours, and stays open while `conn` is borrowed.
@@ -96,16 +110,12 @@ pub(crate) fn release_buffer(conn: &rusqlite::Connection) {
             (&raw mut file).cast::<c_void>(),
         );
         if rc != ffi::SQLITE_OK || file.is_null() || !ptr::eq((*file).pMethods, &METHODS) {
-            return;
+            return ptr::null_mut();
         }
         let db = &*file.cast::<ShimFile>();
-        if db.peer.is_null() {
-            return;
-        }
-        if let Some(wal) = (*db.peer).wal.as_mut()
-            && wal.bytes.is_empty()
-        {
-            wal.bytes = Vec::new();
+        match db.peer.as_mut().and_then(|wal| wal.wal.as_deref_mut()) {
+            Some(buffer) => buffer,
+            None => ptr::null_mut(),
         }
     }
 }
@@ -327,74 +337,52 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-unsafe extern "C" fn read(
-    file: *mut ffi::sqlite3_file,
-    data: *mut c_void,
-    amount: c_int,
-    offset: i64,
-) -> c_int {
-    let shim = unsafe { shim(file) };
-    let rc = unsafe { write_out(shim) };
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match (unsafe { real_methods(shim) }).xRead {
-        Some(read) => unsafe { read(shim.real, data, amount, offset) },
-        None => ffi::SQLITE_IOERR_READ,
-    }
+/// Defines a method that calls the real file's, or answers `$missing` if it has none. With
+/// `write out first`, a WAL file's buffer is written out before: nothing SQLite wrote may lag
+/// behind what it then reads, syncs, measures, truncates or asks of the file.
+macro_rules! forward {
+    ($name:ident => $method:ident($($arg:ident: $ty:ty),*), or $missing:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
+            let shim = unsafe { shim(file) };
+            match (unsafe { real_methods(shim) }).$method {
+                Some(real) => unsafe { real(shim.real, $($arg),*) },
+                None => $missing,
+            }
+        }
+    };
+    (write out first, $name:ident => $method:ident($($arg:ident: $ty:ty),*), or $missing:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
+            let shim = unsafe { shim(file) };
+            let rc = unsafe { write_out(shim) };
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            match (unsafe { real_methods(shim) }).$method {
+                Some(real) => unsafe { real(shim.real, $($arg),*) },
+                None => $missing,
+            }
+        }
+    };
 }
 
-unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let shim = unsafe { shim(file) };
-    let rc = unsafe { write_out(shim) };
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match (unsafe { real_methods(shim) }).xTruncate {
-        Some(truncate) => unsafe { truncate(shim.real, size) },
-        None => ffi::SQLITE_IOERR_TRUNCATE,
-    }
-}
-
-unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let shim = unsafe { shim(file) };
-    let rc = unsafe { write_out(shim) };
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match (unsafe { real_methods(shim) }).xSync {
-        Some(sync) => unsafe { sync(shim.real, flags) },
-        None => ffi::SQLITE_IOERR_FSYNC,
-    }
-}
-
-unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let shim = unsafe { shim(file) };
-    let rc = unsafe { write_out(shim) };
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match (unsafe { real_methods(shim) }).xFileSize {
-        Some(file_size) => unsafe { file_size(shim.real, size) },
-        None => ffi::SQLITE_IOERR_FSTAT,
-    }
-}
-
-unsafe extern "C" fn file_control(
-    file: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
-    let shim = unsafe { shim(file) };
-    let rc = unsafe { write_out(shim) };
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match (unsafe { real_methods(shim) }).xFileControl {
-        Some(file_control) => unsafe { file_control(shim.real, op, arg) },
-        None => ffi::SQLITE_NOTFOUND,
-    }
-}
+forward!(write out first, read => xRead(data: *mut c_void, amount: c_int, offset: i64),
+    or ffi::SQLITE_IOERR_READ);
+forward!(write out first, truncate => xTruncate(size: i64), or ffi::SQLITE_IOERR_TRUNCATE);
+forward!(write out first, sync => xSync(flags: c_int), or ffi::SQLITE_IOERR_FSYNC);
+forward!(write out first, file_size => xFileSize(size: *mut i64), or ffi::SQLITE_IOERR_FSTAT);
+forward!(write out first, file_control => xFileControl(op: c_int, arg: *mut c_void),
+    or ffi::SQLITE_NOTFOUND);
+forward!(lock => xLock(level: c_int), or ffi::SQLITE_IOERR_LOCK);
+forward!(unlock => xUnlock(level: c_int), or ffi::SQLITE_IOERR_UNLOCK);
+forward!(check_reserved_lock => xCheckReservedLock(out: *mut c_int),
+    or ffi::SQLITE_IOERR_CHECKRESERVEDLOCK);
+forward!(sector_size => xSectorSize(), or 4096);
+forward!(device_characteristics => xDeviceCharacteristics(), or 0);
+forward!(shm_map => xShmMap(page: c_int, page_size: c_int, extend: c_int, out: *mut *mut c_void),
+    or ffi::SQLITE_IOERR_SHMMAP);
+forward!(shm_lock => xShmLock(offset: c_int, n: c_int, flags: c_int), or ffi::SQLITE_IOERR_SHMLOCK);
+forward!(shm_unmap => xShmUnmap(delete: c_int), or ffi::SQLITE_OK);
+forward!(unfetch => xUnfetch(offset: i64, page: *mut c_void), or ffi::SQLITE_OK);
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
     let shim = unsafe { shim(file) };
@@ -413,83 +401,6 @@ unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
     }
 }
 
-// The rest only forward to the real file.
-
-unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xLock {
-        Some(f) => unsafe { f(shim.real, level) },
-        None => ffi::SQLITE_IOERR_LOCK,
-    }
-}
-
-unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xUnlock {
-        Some(f) => unsafe { f(shim.real, level) },
-        None => ffi::SQLITE_IOERR_UNLOCK,
-    }
-}
-
-unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xCheckReservedLock {
-        Some(f) => unsafe { f(shim.real, out) },
-        None => ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
-    }
-}
-
-unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xSectorSize {
-        Some(f) => unsafe { f(shim.real) },
-        None => 4096,
-    }
-}
-
-unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xDeviceCharacteristics {
-        Some(f) => unsafe { f(shim.real) },
-        None => 0,
-    }
-}
-
-unsafe extern "C" fn shm_map(
-    file: *mut ffi::sqlite3_file,
-    page: c_int,
-    page_size: c_int,
-    extend: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xShmMap {
-        Some(f) => unsafe { f(shim.real, page, page_size, extend, out) },
-        None => ffi::SQLITE_IOERR_SHMMAP,
-    }
-}
-
-unsafe extern "C" fn shm_lock(
-    file: *mut ffi::sqlite3_file,
-    offset: c_int,
-    n: c_int,
-    flags: c_int,
-) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xShmLock {
-        Some(f) => unsafe { f(shim.real, offset, n, flags) },
-        None => ffi::SQLITE_IOERR_SHMLOCK,
-    }
-}
-
-unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xShmUnmap {
-        Some(f) => unsafe { f(shim.real, delete) },
-        None => ffi::SQLITE_OK,
-    }
-}
-
 unsafe extern "C" fn fetch(
     file: *mut ffi::sqlite3_file,
     offset: i64,
@@ -504,18 +415,6 @@ unsafe extern "C" fn fetch(
             unsafe { *out = ptr::null_mut() };
             ffi::SQLITE_OK
         }
-    }
-}
-
-unsafe extern "C" fn unfetch(
-    file: *mut ffi::sqlite3_file,
-    offset: i64,
-    page: *mut c_void,
-) -> c_int {
-    let shim = unsafe { shim(file) };
-    match (unsafe { real_methods(shim) }).xUnfetch {
-        Some(f) => unsafe { f(shim.real, offset, page) },
-        None => ffi::SQLITE_OK,
     }
 }
 
@@ -612,23 +511,10 @@ mod tests {
         }
     }
 
-    /// The WAL file of `conn` (opened with this VFS) as this VFS sees it.
+    /// The WAL buffer of `conn` (opened with this VFS) as this VFS sees it.
     fn wal_of(conn: &Connection) -> &WalBuffer {
-        let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
-        // SAFETY: FILE_POINTER writes the main database's sqlite3_file into `file`; it is a
-        // ShimFile as long as `conn` is open, which the returned borrow keeps.
-        unsafe {
-            let rc = ffi::sqlite3_file_control(
-                conn.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_FILE_POINTER,
-                (&raw mut file).cast::<c_void>(),
-            );
-            assert_eq!(rc, ffi::SQLITE_OK);
-            let db = &*file.cast::<ShimFile>();
-            assert!(!db.peer.is_null(), "the WAL file found its database");
-            (*db.peer).wal.as_deref().expect("the peer is a WAL file")
-        }
+        // SAFETY: the tests read the buffer only between statements.
+        unsafe { wal_buffer(conn).as_ref() }.expect("the WAL file found its database")
     }
 
     #[test]
