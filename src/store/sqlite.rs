@@ -176,7 +176,7 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // The writer's WAL appends go out in one write per commit (see `sqlite_wal_vfs`).
+        // The writer's WAL appends go out in two writes a commit (see `sqlite_wal_vfs`).
         let writer = match super::sqlite_wal_vfs::name() {
             Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
             None => Connection::open_with_flags(path, flags),
