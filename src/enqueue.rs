@@ -299,8 +299,8 @@ struct Reply {
 }
 
 /// Answers a commit's callers. The writer wakes only the first; each caller wakes the next
-/// when it takes its answer. Waking one caller costs the writer a system call (~4-5 us
-/// here), and the writer's next commit waits for the last of them.
+/// when it takes its answer. Waking a caller is a system call (~4-5 us here): made by the
+/// writer for every caller, they delayed its next commit by ~33 us.
 fn answer_all(answers: Vec<(Arc<Reply>, Answer)>) {
     let mut next: Option<Arc<Reply>> = None;
     for (reply, result) in answers.into_iter().rev() {
