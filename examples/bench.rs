@@ -420,7 +420,7 @@ fn main() {
     };
     // As `outbox serve` does first: the engine drained in this process then runs with the
     // service's allocator settings.
-    outbox::memory::configure_allocator();
+    outbox::memory::fix_mmap_threshold();
     let dir = tempfile::tempdir().expect("temp dir");
     let receiver = Receiver::start();
     println!(
