@@ -872,6 +872,18 @@ impl super::Store for SqliteStore {
         if let Err(e) = writer.conn.execute_batch("PRAGMA shrink_memory") {
             log::debug!("SQLite {}: shrink_memory failed: {e}", self.path);
         }
+        drop(writer);
+        // Idle readers too: each keeps up to READER_CACHE_KIB of pages until it is closed, 30-60 s
+        // later, after the allocator's free pages have been given back. All are held at once
+        // so that each `try_get` yields another (none is opened; a read meanwhile opens one).
+        // Measured: idle anonymous memory 0.2-0.3 MiB lower (see README).
+        let mut idle = Vec::new();
+        while let Some(conn) = self.readers.try_get() {
+            if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
+                log::debug!("SQLite {}: shrink_memory failed: {e}", self.path);
+            }
+            idle.push(conn);
+        }
     }
 
     fn put_credential(&self, c: &StoredCredential) -> Result<bool> {
@@ -951,6 +963,75 @@ impl super::Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+
+    /// Bytes of pages in this connection's page cache.
+    fn page_cache_bytes(conn: &Connection) -> i32 {
+        let (mut current, mut highwater) = (0, 0);
+        // SAFETY: the handle is a live connection for the call's duration; both out-pointers
+        // point to locals.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+                &mut current,
+                &mut highwater,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        current
+    }
+
+    #[test]
+    fn releasing_memory_empties_idle_readers_page_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("release.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
+        store.migrate_up().unwrap();
+        let rows: Vec<NewDelivery> = (0..200)
+            .map(|run| NewDelivery {
+                organization_id: 1,
+                workflow_run_id: run,
+                webhook_node_id: "n".into(),
+                webhook_name: None,
+                endpoint_url: "http://127.0.0.1:9/hook".into(),
+                http_method: "POST".into(),
+                payload: format!(r#"{{"filler":"{}"}}"#, "x".repeat(1000)),
+                custom_headers: Vec::new(),
+                credential_uuid: None,
+                max_attempts: 5,
+                scheduled_for: None,
+            })
+            .collect();
+        for created in store.create_many(&rows, crate::clock::now()).unwrap() {
+            created.unwrap();
+        }
+        let filter = ListFilter {
+            status: None,
+            organization_id: None,
+            after: None,
+            limit: 1000,
+        };
+        assert_eq!(store.list(&filter).unwrap().deliveries.len(), 200);
+        // Two readers at once, so that both read every row's page.
+        let (a, b) = (store.readers.get().unwrap(), store.readers.get().unwrap());
+        let mut before = Vec::new();
+        for conn in [&a, &b] {
+            let sql = "SELECT count(*) FROM webhook_deliveries WHERE payload <> ''";
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+            before.push(page_cache_bytes(conn));
+        }
+        drop((a, b));
+
+        store.release_memory();
+
+        let (a, b) = (store.readers.get().unwrap(), store.readers.get().unwrap());
+        let after = [page_cache_bytes(&a), page_cache_bytes(&b)];
+        // 200 rows of 1 KiB fill ~70 pages; a released cache keeps at most the first one.
+        assert!(before.iter().all(|&n| n > 200 * 1024), "{before:?}");
+        assert!(after.iter().all(|&n| n < 8 * 1024), "{after:?}");
+    }
 
     #[test]
     fn bookkeeping_skips_the_fsync_only_under_full() {
