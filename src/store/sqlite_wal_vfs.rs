@@ -32,8 +32,11 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use rusqlite::ffi;
 
 /// The name this VFS is registered under.
-pub(crate) const NAME: &str = "outbox-wal-batch";
 const NAME_C: &CStr = c"outbox-wal-batch";
+const NAME: &str = match NAME_C.to_str() {
+    Ok(name) => name,
+    Err(_) => panic!("the VFS name is ASCII"),
+};
 
 /// Size of a WAL frame header (SQLite's file format).
 const FRAME_HEADER: usize = 24;
