@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender as ChannelSender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender as ChannelSender};
 use time::OffsetDateTime;
 
 use crate::clock::Clock;
@@ -418,7 +418,7 @@ fn until(t: OffsetDateTime, now: OffsetDateTime) -> Duration {
 }
 
 fn sender_loop(shared: &Shared, claims: &Receiver<Box<Claim>>, outcomes: &ChannelSender<Outcome>) {
-    while let Ok(claim) = claims.recv() {
+    while let Some(claim) = next_claim(claims) {
         shared.claim_taken();
         let outcome =
             if shared.stopping.load(Ordering::Acquire) || !lease_allows_send(shared, &claim) {
@@ -428,6 +428,20 @@ fn sender_loop(shared: &Shared, claims: &Receiver<Box<Claim>>, outcomes: &Channe
             };
         if outcomes.send(outcome).is_err() {
             return;
+        }
+    }
+}
+
+/// The next claim to send; `None` once the claimer has stopped. A sender that has waited
+/// [`RELEASE_AFTER_IDLE`] for one gives back the stack its last requests used (see
+/// `memory::release_unused_stack`), once per idle spell.
+fn next_claim(claims: &Receiver<Box<Claim>>) -> Option<Box<Claim>> {
+    match claims.recv_timeout(RELEASE_AFTER_IDLE) {
+        Ok(claim) => Some(claim),
+        Err(RecvTimeoutError::Disconnected) => None,
+        Err(RecvTimeoutError::Timeout) => {
+            crate::memory::release_unused_stack();
+            claims.recv().ok()
         }
     }
 }
