@@ -33,7 +33,11 @@ pub fn release_unused_stack() {
         /// Kept below the current frame: this function's own callees and a signal handler that
         /// may run on this stack meanwhile use it.
         const MARGIN: usize = 16 * 1024;
-        const PAGE: usize = 4096;
+        // SAFETY: sysconf takes no pointers.
+        let page = match usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) {
+            Ok(page) if page.is_power_of_two() => page,
+            _ => return,
+        };
         let mut low: *mut libc::c_void = std::ptr::null_mut();
         let mut size: libc::size_t = 0;
         // SAFETY: `attr` is initialised by pthread_getattr_np before it is read and destroyed
@@ -50,8 +54,8 @@ pub fn release_unused_stack() {
         // The stack grows down: from its low end (above the guard page, which glibc leaves out
         // of the size it reports) up to here less the margin, nothing is in use.
         let here = std::ptr::addr_of!(size) as usize;
-        let start = (low as usize).next_multiple_of(PAGE);
-        let end = here.saturating_sub(MARGIN) / PAGE * PAGE;
+        let start = (low as usize).next_multiple_of(page);
+        let end = here.saturating_sub(MARGIN) / page * page;
         if !found || end <= start || here > low as usize + size {
             return;
         }
