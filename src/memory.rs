@@ -1,4 +1,4 @@
-//! Giving freed heap memory back to the operating system.
+//! Giving freed heap and stack memory back to the operating system.
 //!
 //! glibc keeps memory freed by a thread in that thread's arena for reuse; after a burst (a
 //! backlog drained, many API clients) the process's resident size stays at its peak although
@@ -11,13 +11,10 @@
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
         // SAFETY: malloc_trim takes no pointers and only works on the allocator's own free
         // lists; glibc documents it as safe to call at any time from any thread.
         unsafe {
-            malloc_trim(0);
+            libc::malloc_trim(0);
         }
     }
 }
@@ -44,19 +41,22 @@ pub fn release_unused_stack() {
         // once; the pointers passed are to live locals.
         let found = unsafe {
             let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-            if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-                return;
+            let got = libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0;
+            let found = got && libc::pthread_attr_getstack(&attr, &mut low, &mut size) == 0;
+            if got {
+                libc::pthread_attr_destroy(&mut attr);
             }
-            let found = libc::pthread_attr_getstack(&attr, &mut low, &mut size) == 0;
-            libc::pthread_attr_destroy(&mut attr);
             found
         };
+        if !found {
+            return;
+        }
         // The stack grows down: from its low end (above the guard page, which glibc leaves out
         // of the size it reports) up to here less the margin, nothing is in use.
         let here = std::ptr::addr_of!(size) as usize;
         let start = (low as usize).next_multiple_of(page);
         let end = here.saturating_sub(MARGIN) / page * page;
-        if !found || end <= start || here > low as usize + size {
+        if end <= start || here > low as usize + size {
             return;
         }
         // SAFETY: [start, end) lies within this thread's own stack and below every live frame
@@ -78,16 +78,11 @@ pub fn release_unused_stack() {
 pub fn fix_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        /// glibc's `M_MMAP_THRESHOLD` (malloc.h).
-        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-        const THRESHOLD_BYTES: std::ffi::c_int = 128 * 1024;
-        unsafe extern "C" {
-            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-        }
+        const THRESHOLD_BYTES: libc::c_int = 128 * 1024;
         // SAFETY: mallopt takes no pointers; glibc documents M_MMAP_THRESHOLD as settable at
         // any time, and setting it turns off the dynamic adjustment.
         unsafe {
-            mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD_BYTES);
         }
     }
 }
