@@ -21,12 +21,48 @@ use crate::delivery::{
 };
 use crate::error::{Error, Result, redact_url};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    up: include_str!("../../schema.postgres.sql"),
-    down: INIT_DOWN,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        up: include_str!("../../schema.postgres.sql"),
+        down: INIT_DOWN,
+    },
+    Migration {
+        version: 2,
+        name: "hot_claims",
+        up: HOT_CLAIMS_UP,
+        down: HOT_CLAIMS_DOWN,
+    },
+];
+
+/// Claims that PostgreSQL can apply in place. A claim used to move `scheduled_for` to the
+/// lease's end: a change to an indexed column, so every claim wrote a new 1 KiB row version
+/// and an entry in each of the table's five indexes. Now the lease's end goes in
+/// `lease_until`, which no index uses, and pages keep half their space free for the new
+/// version, so the update is HOT (heap-only: no index entries). Only the claim of a final
+/// attempt still moves `scheduled_for` and sets `final_lease`, so that expired final leases
+/// stay found by an index (one on `attempt_count`, as before, would make every claim
+/// non-HOT). Rows leased when this runs keep their lease.
+const HOT_CLAIMS_UP: &str = "
+    ALTER TABLE webhook_deliveries ADD COLUMN lease_until TIMESTAMPTZ,
+        ADD COLUMN final_lease BOOLEAN NOT NULL DEFAULT false;
+    UPDATE webhook_deliveries SET lease_until = scheduled_for,
+        final_lease = attempt_count >= max_attempts
+        WHERE status = 'pending' AND lease_token IS NOT NULL;
+    DROP INDEX idx_webhook_deliveries_final_lease;
+    CREATE INDEX idx_webhook_deliveries_final_lease ON webhook_deliveries (scheduled_for)
+        WHERE status = 'pending' AND final_lease;
+    ALTER TABLE webhook_deliveries SET (fillfactor = 50);";
+
+/// Back to leases kept in `scheduled_for` (which a final claim already moved).
+const HOT_CLAIMS_DOWN: &str = "
+    ALTER TABLE webhook_deliveries RESET (fillfactor);
+    DROP INDEX idx_webhook_deliveries_final_lease;
+    UPDATE webhook_deliveries SET scheduled_for = lease_until WHERE lease_until IS NOT NULL;
+    ALTER TABLE webhook_deliveries DROP COLUMN lease_until, DROP COLUMN final_lease;
+    CREATE INDEX idx_webhook_deliveries_final_lease ON webhook_deliveries (scheduled_for)
+        WHERE status = 'pending' AND attempt_count >= max_attempts;";
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS outbox_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)";
@@ -64,7 +100,11 @@ fn columns(prefix: &str) -> String {
         "updated_at",
         "lease_token",
     ]
-    .map(|c| format!("{prefix}{c}"))
+    .map(|c| match c {
+        // A leased row shows when its lease ends, as on SQLite.
+        "scheduled_for" => format!("COALESCE({prefix}lease_until, {prefix}scheduled_for)"),
+        _ => format!("{prefix}{c}"),
+    })
     .join(", ")
 }
 
@@ -489,19 +529,26 @@ impl super::Store for PostgresStore {
             // each claim: measured 98 ms instead of 6 ms for 256 of 100,000.
             tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")?;
             // The due predicate is repeated outside the CTE: a row locked-and-skipped is never
-            // returned, and a row changed between the scan and the lock is re-checked.
+            // returned, and a row changed between the scan and the lock is re-checked. Rows
+            // in flight sit at the head of the due index (their `scheduled_for` has passed);
+            // the scan steps over them, as many as are leased.
             let rows = tx.query(
                 &format!(
                     "WITH due AS ( \
                          SELECT id FROM webhook_deliveries \
                          WHERE status = 'pending' AND scheduled_for <= $1 \
                            AND attempt_count < max_attempts \
+                           AND (lease_until IS NULL OR lease_until <= $1) \
                          ORDER BY scheduled_for, id LIMIT $2 \
                          FOR UPDATE SKIP LOCKED) \
                      UPDATE webhook_deliveries d SET attempt_count = d.attempt_count + 1, \
-                         lease_token = $3, scheduled_for = $4, updated_at = $1 \
+                         lease_token = $3, lease_until = $4, updated_at = $1, \
+                         final_lease = d.attempt_count + 1 >= d.max_attempts, \
+                         scheduled_for = CASE WHEN d.attempt_count + 1 >= d.max_attempts \
+                             THEN $4 ELSE d.scheduled_for END \
                      FROM due WHERE d.id = due.id AND d.status = 'pending' \
                        AND d.scheduled_for <= $1 AND d.attempt_count < d.max_attempts \
+                       AND (d.lease_until IS NULL OR d.lease_until <= $1) \
                      RETURNING {}",
                     columns("d.")
                 ),
@@ -543,7 +590,7 @@ impl super::Store for PostgresStore {
                      last_status_code = CASE WHEN v.release THEN d.last_status_code ELSE v.status_code END, \
                      last_error = CASE WHEN v.release THEN d.last_error ELSE v.error END, \
                      attempt_count = d.attempt_count - CASE WHEN v.release THEN 1 ELSE 0 END, \
-                     lease_token = NULL, updated_at = $8 \
+                     lease_token = NULL, lease_until = NULL, final_lease = false, updated_at = $8 \
                  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], \
                              $6::text[], $7::bool[]) \
                       AS v(id, token, status, scheduled_for, status_code, error, release) \
@@ -570,9 +617,9 @@ impl super::Store for PostgresStore {
         self.write(|tx| {
             let rows = tx.query(
                 "UPDATE webhook_deliveries SET status = 'dead_letter', scheduled_for = NULL, \
-                 lease_token = NULL, last_error = $1, last_status_code = NULL, updated_at = $2 \
-                 WHERE status = 'pending' AND attempt_count >= max_attempts \
-                   AND scheduled_for <= $2 \
+                 lease_token = NULL, lease_until = NULL, final_lease = false, last_error = $1, \
+                 last_status_code = NULL, updated_at = $2 \
+                 WHERE status = 'pending' AND final_lease AND scheduled_for <= $2 \
                  RETURNING id, delivery_uuid, attempt_count",
                 &[&FINAL_LEASE_EXPIRED, &now],
             )?;
@@ -669,7 +716,8 @@ impl super::Store for PostgresStore {
             let rows = tx.query(
                 &format!(
                     "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
-                     scheduled_for = $2, lease_token = NULL, updated_at = $2 \
+                     scheduled_for = $2, lease_token = NULL, lease_until = NULL, final_lease = false, \
+                     updated_at = $2 \
                      WHERE delivery_uuid = $1 AND status = 'dead_letter' RETURNING {}",
                     columns("")
                 ),
@@ -695,8 +743,8 @@ impl super::Store for PostgresStore {
         self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
-                 scheduled_for = $1, lease_token = NULL, updated_at = $1 \
-                 WHERE status = 'dead_letter' AND ($2::bigint IS NULL OR organization_id = $2)",
+                 scheduled_for = $1, lease_token = NULL, lease_until = NULL, final_lease = false, \
+                 updated_at = $1 WHERE status = 'dead_letter' AND ($2::bigint IS NULL OR organization_id = $2)",
                 &[&now, &organization_id],
             )?)
         })
@@ -747,10 +795,19 @@ impl super::Store for PostgresStore {
     }
 
     fn next_due_at(&self) -> Result<Option<OffsetDateTime>> {
+        // A leased row is due when its lease ends, any other pending row at `scheduled_for`.
+        // The first unleased row in due order bounds the answer, and a leased row further on
+        // has a lease ending later still (it was claimed after it became due), so only the
+        // leases before that row are read: as many as are in flight, not the whole table.
         self.read(|client| {
             Ok(client
                 .query_one(
-                    "SELECT min(scheduled_for) FROM webhook_deliveries WHERE status = 'pending'",
+                    "WITH free AS (SELECT min(scheduled_for) AS at FROM webhook_deliveries \
+                         WHERE status = 'pending' AND lease_until IS NULL) \
+                     SELECT LEAST((SELECT at FROM free), \
+                         (SELECT min(lease_until) FROM webhook_deliveries \
+                          WHERE status = 'pending' AND lease_until IS NOT NULL \
+                            AND scheduled_for <= COALESCE((SELECT at FROM free), 'infinity')))",
                     &[],
                 )?
                 .get(0))
