@@ -4,6 +4,7 @@
 //! Each pooled connection prepares a statement once and keeps it (see [`Cached`]).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use postgres::types::ToSql;
@@ -43,13 +44,15 @@ const MIGRATIONS: &[Migration] = &[
 /// version, so the update is HOT (heap-only: no index entries). Only the claim of a final
 /// attempt still moves `scheduled_for` and sets `final_lease`, so that expired final leases
 /// stay found by an index (one on `attempt_count`, as before, would make every claim
-/// non-HOT). Rows leased when this runs keep their lease.
+/// non-HOT). Rows leased when this runs keep their lease, and a pending row out of attempts
+/// is still dead-lettered once its `scheduled_for` passes, as before.
 const HOT_CLAIMS_UP: &str = "
     ALTER TABLE webhook_deliveries ADD COLUMN lease_until TIMESTAMPTZ,
         ADD COLUMN final_lease BOOLEAN NOT NULL DEFAULT false;
-    UPDATE webhook_deliveries SET lease_until = scheduled_for,
-        final_lease = attempt_count >= max_attempts
-        WHERE status = 'pending' AND lease_token IS NOT NULL;
+    UPDATE webhook_deliveries
+        SET lease_until = CASE WHEN lease_token IS NOT NULL THEN scheduled_for END,
+            final_lease = attempt_count >= max_attempts
+        WHERE status = 'pending' AND (lease_token IS NOT NULL OR attempt_count >= max_attempts);
     DROP INDEX idx_webhook_deliveries_final_lease;
     CREATE INDEX idx_webhook_deliveries_final_lease ON webhook_deliveries (scheduled_for)
         WHERE status = 'pending' AND final_lease;
@@ -209,6 +212,27 @@ type PgResult<T> = std::result::Result<T, PgError>;
 pub struct PostgresStore {
     url: String,
     pool: r2d2::Pool<Manager>,
+    floor: Mutex<Option<ClaimFloor>>,
+}
+
+/// How long a claim may start its walk of the due index at the last claim's first row
+/// instead of at the index's head (see [`ClaimFloor`]). A row that becomes claimable
+/// behind the floor without this store's knowing (a lease running out; another process
+/// enqueuing a row due in the past) is claimed at most this much later.
+const FLOOR_TTL: time::Duration = time::Duration::seconds(1);
+
+/// Where the last claim found its first claimable row. Rows done are dead entries at the
+/// head of the due index until a VACUUM removes them, and every claim that starts at the
+/// head steps over all of them: measured 8 ms a claim of 256 rows with 500,000 done rows
+/// ahead (2,000 index pages), so a 1,000,000-row backlog drained ~35 % slower than a
+/// 100,000-row one. A claim starts at the floor instead while it is fresh; this store
+/// lowers it whenever it makes a row pending that is due earlier.
+#[derive(Clone, Copy)]
+struct ClaimFloor {
+    /// The earliest `scheduled_for` of the rows the last claim took.
+    due: OffsetDateTime,
+    /// That claim's `now`.
+    set_at: OffsetDateTime,
 }
 
 impl PostgresStore {
@@ -237,7 +261,11 @@ impl PostgresStore {
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
             .build_unchecked(manager);
-        Ok(PostgresStore { url: shown, pool })
+        Ok(PostgresStore {
+            url: shown,
+            pool,
+            floor: Mutex::new(None),
+        })
     }
 
     fn err(&self, e: PgError) -> Error {
@@ -277,6 +305,28 @@ impl PostgresStore {
         let mut conn = self.client()?;
         let PgConnection { client, statements } = &mut *conn;
         f(&mut Cached { client, statements }).map_err(|e| self.err(e))
+    }
+
+    /// Where a claim at `now` may start its walk of the due index (`None`: at its head).
+    fn claim_floor(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let floor = (*self.floor.lock().unwrap_or_else(|e| e.into_inner()))?;
+        (now >= floor.set_at && now < floor.set_at + FLOOR_TTL).then_some(floor.due)
+    }
+
+    fn set_claim_floor(&self, floor: Option<ClaimFloor>) {
+        *self.floor.lock().unwrap_or_else(|e| e.into_inner()) = floor;
+    }
+
+    /// This store has made rows pending that are due at `due` or later.
+    fn lower_claim_floor(&self, due: OffsetDateTime) {
+        if let Some(floor) = self
+            .floor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            floor.due = floor.due.min(due);
+        }
     }
 
     fn describe_url(&self) -> String {
@@ -367,6 +417,7 @@ impl super::Store for PostgresStore {
     }
 
     fn migrate_up(&self) -> Result<Vec<u32>> {
+        self.set_claim_floor(None);
         let mut applied_now = Vec::new();
         for m in MIGRATIONS {
             let applied = self.write(|tx| {
@@ -388,6 +439,7 @@ impl super::Store for PostgresStore {
     }
 
     fn migrate_down(&self) -> Result<Option<u32>> {
+        self.set_claim_floor(None);
         self.write(|tx| {
             let Some(latest) = applied_versions(tx)?.into_iter().max() else {
                 return Ok(None);
@@ -455,6 +507,9 @@ impl super::Store for PostgresStore {
         new: &[NewDelivery],
         now: OffsetDateTime,
     ) -> Result<Vec<Result<(Delivery, bool)>>> {
+        if let Some(due) = new.iter().map(|n| n.scheduled_for.unwrap_or(now)).min() {
+            self.lower_claim_floor(due);
+        }
         self.write(|tx| {
             let bind = "INSERT INTO workflow_run_organizations (workflow_run_id, organization_id, \
                  created_at) VALUES ($1, $2, $3) ON CONFLICT (workflow_run_id) DO NOTHING";
@@ -522,7 +577,8 @@ impl super::Store for PostgresStore {
     fn claim_due(&self, now: OffsetDateTime, limit: u32, lease: Duration) -> Result<Vec<Claim>> {
         let token = new_lease_token();
         let until = lease_end(now, lease);
-        let mut claims = self.write(|tx| {
+        let floor = self.claim_floor(now);
+        let (mut claims, first_due) = self.write(|tx| {
             // The claim must walk the due index in order and stop at `limit`. Without
             // statistics (a table filled faster than autovacuum analyzes it) the planner
             // guesses a few hundred due rows and instead fetches and sorts every due row on
@@ -535,8 +591,9 @@ impl super::Store for PostgresStore {
             let rows = tx.query(
                 &format!(
                     "WITH due AS ( \
-                         SELECT id FROM webhook_deliveries \
+                         SELECT id, scheduled_for AS due FROM webhook_deliveries \
                          WHERE status = 'pending' AND scheduled_for <= $1 \
+                           AND scheduled_for >= COALESCE($5::timestamptz, '-infinity') \
                            AND attempt_count < max_attempts \
                            AND (lease_until IS NULL OR lease_until <= $1) \
                          ORDER BY scheduled_for, id LIMIT $2 \
@@ -549,20 +606,28 @@ impl super::Store for PostgresStore {
                      FROM due WHERE d.id = due.id AND d.status = 'pending' \
                        AND d.scheduled_for <= $1 AND d.attempt_count < d.max_attempts \
                        AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-                     RETURNING {}",
+                     RETURNING {}, due.due",
                     columns("d.")
                 ),
-                &[&now, &i64::from(limit), &token, &until],
+                &[&now, &i64::from(limit), &token, &until, &floor],
             )?;
-            rows.iter()
+            let mut first_due: Option<OffsetDateTime> = None;
+            let claims = rows
+                .iter()
                 .map(|row| {
+                    let due: OffsetDateTime = row.try_get(20)?;
+                    first_due = Some(first_due.map_or(due, |f| f.min(due)));
                     Ok(Claim {
                         delivery: row_to_delivery(row)?,
                         lease_token: row.try_get(19)?,
                     })
                 })
-                .collect::<PgResult<Vec<_>>>()
+                .collect::<PgResult<Vec<_>>>()?;
+            Ok((claims, first_due))
         })?;
+        if let Some(due) = first_due {
+            self.set_claim_floor(Some(ClaimFloor { due, set_at: now }));
+        }
         claims.sort_by_key(|c| c.delivery.id);
         Ok(claims)
     }
@@ -583,6 +648,11 @@ impl super::Store for PostgresStore {
         let codes: Vec<Option<i32>> = writes.iter().map(|w| w.status_code).collect();
         let errors: Vec<Option<&str>> = writes.iter().map(|w| w.error.as_deref()).collect();
         let releases: Vec<bool> = writes.iter().map(|w| w.release).collect();
+        for w in writes.iter().filter(|w| w.status == Status::Pending) {
+            if let Some(due) = w.scheduled_for {
+                self.lower_claim_floor(due);
+            }
+        }
         self.write(|tx| {
             let rows = tx.query(
                 "UPDATE webhook_deliveries d SET status = v.status, \
@@ -712,6 +782,7 @@ impl super::Store for PostgresStore {
     }
 
     fn redrive(&self, delivery_uuid: &str, now: OffsetDateTime) -> Result<Redrive> {
+        self.lower_claim_floor(now);
         self.write(|tx| {
             let rows = tx.query(
                 &format!(
@@ -740,6 +811,7 @@ impl super::Store for PostgresStore {
     }
 
     fn redrive_all(&self, organization_id: Option<i64>, now: OffsetDateTime) -> Result<u64> {
+        self.lower_claim_floor(now);
         self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
