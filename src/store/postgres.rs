@@ -611,12 +611,14 @@ impl super::Store for PostgresStore {
                 ),
                 &[&now, &i64::from(limit), &token, &until, &floor],
             )?;
-            let mut first_due: Option<OffsetDateTime> = None;
+            // RETURNING keeps no order: the floor is the earliest of the rows taken.
+            let first_due = rows
+                .iter()
+                .filter_map(|row| row.try_get::<_, OffsetDateTime>(20).ok())
+                .min();
             let claims = rows
                 .iter()
                 .map(|row| {
-                    let due: OffsetDateTime = row.try_get(20)?;
-                    first_due = Some(first_due.map_or(due, |f| f.min(due)));
                     Ok(Claim {
                         delivery: row_to_delivery(row)?,
                         lease_token: row.try_get(19)?,
@@ -648,10 +650,13 @@ impl super::Store for PostgresStore {
         let codes: Vec<Option<i32>> = writes.iter().map(|w| w.status_code).collect();
         let errors: Vec<Option<&str>> = writes.iter().map(|w| w.error.as_deref()).collect();
         let releases: Vec<bool> = writes.iter().map(|w| w.release).collect();
-        for w in writes.iter().filter(|w| w.status == Status::Pending) {
-            if let Some(due) = w.scheduled_for {
-                self.lower_claim_floor(due);
-            }
+        if let Some(due) = writes
+            .iter()
+            .filter(|w| w.status == Status::Pending)
+            .filter_map(|w| w.scheduled_for)
+            .min()
+        {
+            self.lower_claim_floor(due);
         }
         self.write(|tx| {
             let rows = tx.query(
