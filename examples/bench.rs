@@ -22,7 +22,7 @@
 //! --rate 1000 (latency, per second), --latency-seconds 5, --enqueue-seconds 5,
 //! --enqueue-warmup-seconds 2 (enqueues before the measured ones, on the same fresh database),
 //! --enqueue-clients 16, --idle-seconds 10, --only LIST (comma-separated sections:
-//! disk,ceiling,naive,store,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict).
+//! disk,ceiling,naive,store,outbox,serve), --modes LIST (SQLite modes drained: full,normal,strict; "" for none).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -86,7 +86,13 @@ impl Args {
                 "--enqueue-clients" => args.enqueue_clients = number(value()?)? as usize,
                 "--idle-seconds" => args.idle_seconds = number(value()?)?,
                 "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
-                "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
+                "--modes" => {
+                    args.modes = value()?
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 "--help" | "-h" => {
                     println!(
                         "{}",
@@ -242,29 +248,83 @@ fn rate(n: u64, took: Duration) -> f64 {
 }
 
 /// A rate, and the CPU this process used meanwhile (in cores: 2.0 is both cores all the time),
-/// which tells a CPU-bound figure from one that waited.
+/// which tells a CPU-bound figure from one that waited; for PostgreSQL, also what its server
+/// processes on this machine used.
 #[derive(Clone, Copy)]
 struct Measured {
     rate: f64,
     cores: f64,
+    server_cores: Option<f64>,
 }
 
 impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // CPU time of this process per operation: what a ratio of two rates comes down to
-        // when both are bound by CPU.
-        let cpu_us = self.cores / self.rate.max(1.0) * 1e6;
+        // CPU time per operation: what a ratio of two rates comes down to when both are
+        // bound by CPU.
+        let per_op = |cores: f64| cores / self.rate.max(1.0) * 1e6;
         write!(
             f,
-            "{:.0}   ({:.2} cores busy, {cpu_us:.0} us CPU each)",
-            self.rate, self.cores
-        )
+            "{:.0}   ({:.2} cores busy, {:.0} us CPU each",
+            self.rate,
+            self.cores,
+            per_op(self.cores)
+        )?;
+        if let Some(server) = self.server_cores {
+            write!(
+                f,
+                "; PostgreSQL server {server:.2} cores, {:.0} us each",
+                per_op(server)
+            )?;
+        }
+        write!(f, ")")
     }
 }
 
-fn cores_busy(cpu_ticks_before: u64, took: Duration) -> f64 {
-    let ticks = cpu_ticks(std::process::id()) - cpu_ticks_before;
-    ticks as f64 / TICKS_PER_SECOND / took.as_secs_f64()
+/// CPU ticks of this process and, when `postgres` is set, of the PostgreSQL server's processes
+/// on this machine, to measure a span with [`CpuSpan::end`].
+struct CpuSpan {
+    start: Instant,
+    own: u64,
+    server: Option<u64>,
+}
+
+impl CpuSpan {
+    fn start(postgres: bool) -> CpuSpan {
+        CpuSpan {
+            start: Instant::now(),
+            own: cpu_ticks(std::process::id()),
+            server: postgres.then(postgres_server_ticks),
+        }
+    }
+
+    /// `n` operations done since the start.
+    fn end(&self, n: u64) -> Measured {
+        let took = self.start.elapsed();
+        let cores = |ticks: u64| ticks as f64 / TICKS_PER_SECOND / took.as_secs_f64();
+        Measured {
+            rate: rate(n, took),
+            cores: cores(cpu_ticks(std::process::id()) - self.own),
+            server_cores: self
+                .server
+                .map(|before| cores(postgres_server_ticks().saturating_sub(before))),
+        }
+    }
+}
+
+/// CPU ticks of every process named `postgres` (the server's backends and helpers; a
+/// backend that exits meanwhile takes its ticks with it, so the figure is a lower bound).
+fn postgres_server_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_ticks)
+        .sum()
 }
 
 /// USER_HZ on Linux: the unit of the CPU times in /proc.
@@ -275,8 +335,7 @@ fn ceiling(args: &Args, receiver: &Receiver) -> Measured {
     let sender = Arc::new(UreqSender::new(&engine_config(args.senders).http).unwrap());
     let total = args.deliveries.min(100_000);
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu0 = cpu_ticks(std::process::id());
-    let start = Instant::now();
+    let span = CpuSpan::start(false);
     let threads: Vec<_> = (0..args.senders)
         .map(|_| {
             let (sender, next, url) = (sender.clone(), next.clone(), receiver.url.clone());
@@ -304,11 +363,7 @@ fn ceiling(args: &Args, receiver: &Receiver) -> Measured {
     for t in threads {
         t.join().unwrap();
     }
-    let took = start.elapsed();
-    Measured {
-        rate: rate(total as u64, took),
-        cores: cores_busy(cpu0, took),
-    }
+    span.end(total as u64)
 }
 
 /// 2. The replaced design: every row claimed alone, sent, and recorded alone.
@@ -382,8 +437,7 @@ fn drain(
     let metrics = Arc::new(Metrics::default());
     let config = engine_config(args.senders);
     let sender = Arc::new(UreqSender::new(&config.http).unwrap());
-    let cpu0 = cpu_ticks(std::process::id());
-    let start = Instant::now();
+    let span = CpuSpan::start(is_postgres(&*store));
     let engine = Engine::start(
         store.clone(),
         sender,
@@ -396,18 +450,18 @@ fn drain(
     while metrics.attempts(AttemptResult::Succeeded) < n as u64 {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let took = start.elapsed();
-    let cores = cores_busy(cpu0, took);
+    let measured = span.end(n as u64);
     engine.shutdown();
     let stats = store.stats(clock::now()).unwrap();
     assert_eq!(
         stats.succeeded, n as u64,
         "every delivery recorded as succeeded"
     );
-    Measured {
-        rate: rate(n as u64, took),
-        cores,
-    }
+    measured
+}
+
+fn is_postgres(store: &dyn Store) -> bool {
+    store.describe().starts_with("PostgreSQL")
 }
 
 fn main() {
@@ -462,10 +516,21 @@ fn main() {
         let modes = ["full".to_string()];
         let mut store_schemas = Vec::new();
         for (name, store) in open_backends(&args, &modes, dir.path(), "store", &mut store_schemas) {
-            let (micros, cores) = store_only(&args, &receiver.url, store);
+            let measured = store_only(&args, &receiver.url, store);
+            let mut line = format!(
+                "{:.1} us   ({:.2} cores busy",
+                1e6 / measured.rate.max(1.0),
+                measured.cores
+            );
+            if let Some(server) = measured.server_cores {
+                line.push_str(&format!(
+                    "; PostgreSQL server {server:.2} cores, {:.1} us each",
+                    server / measured.rate.max(1.0) * 1e6
+                ));
+            }
             print(
                 &format!("store only: claim + record, per delivery ({name})"),
-                format!("{micros:.1} us   ({cores:.2} cores busy)"),
+                line + ")",
             );
         }
         if let Some(url) = &args.postgres {
@@ -596,10 +661,9 @@ fn flush_postgres(url: &str) {
 
 /// 3b. The store alone: the same backlog claimed and recorded in batches of 256 by one thread,
 /// nothing sent. Microseconds of wall time per delivery: what the store costs, apart from HTTP.
-fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> (f64, f64) {
+fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> Measured {
     fill_and_settle(&store, url, args.deliveries);
-    let cpu0 = cpu_ticks(std::process::id());
-    let start = Instant::now();
+    let span = CpuSpan::start(is_postgres(&*store));
     let mut done = 0usize;
     loop {
         let claims = store
@@ -627,11 +691,7 @@ fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> (f64, f64) {
         store.record(&outcomes, clock::now()).unwrap();
         done += claims.len();
     }
-    let took = start.elapsed();
-    (
-        took.as_secs_f64() * 1e6 / done.max(1) as f64,
-        cores_busy(cpu0, took),
-    )
+    span.end(done as u64)
 }
 
 /// A running `outbox serve` child process.
