@@ -1,9 +1,10 @@
-//! What PostgreSQL's claims do that the parity suite cannot show. Migration 2
-//! ("hot_claims"): claims keep their lease in `lease_until` and are updated in place, and
-//! leases taken before the migration (or before rolling it back) still hold after it. The
-//! claim floor: a claim starts its walk of the due index where the last one found its first
-//! row, and a row due earlier is still claimed, at once when this store made it, within a
-//! second when another process did.
+//! What PostgreSQL's claims and outcomes do that the parity suite cannot show. Migrations 2
+//! ("hot_claims") and 3 ("queue_table"): a claim updates only the delivery's narrow queue row,
+//! in place; a success deletes that row and updates the wide row in place; leases taken before
+//! rolling either migration back (or applying it again) still hold after it; a row an
+//! application inserts with SQL is queued by the trigger. The claim floor: a claim starts its
+//! walk of the due index where the last one found its first row, and a row due earlier is
+//! still claimed, at once when this store made it, within a second when another process did.
 
 mod common;
 
@@ -21,8 +22,44 @@ fn secs(n: i64) -> time::Duration {
     time::Duration::seconds(n)
 }
 
+/// Row counts of one table from `pg_stat_user_tables`: updates, HOT updates, deletes.
+#[derive(Debug, PartialEq)]
+struct TableWrites {
+    updated: i64,
+    hot: i64,
+    deleted: i64,
+}
+
+/// Waits until the statistics of `table` show `updated` updates, or 20 s have passed: a
+/// session's table statistics reach the others when it flushes them (within about a second
+/// of going idle, or ten at most).
+fn table_writes(t: &common::TestStore, table: &str, updated: i64) -> TableWrites {
+    let schema = t.postgres_schema.as_deref().unwrap();
+    let mut admin =
+        postgres::Client::connect(&common::postgres_url().unwrap(), postgres::NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = admin
+            .query_one(
+                "SELECT n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables \
+                 WHERE schemaname = $1 AND relname = $2",
+                &[&schema, &table],
+            )
+            .unwrap();
+        let writes = TableWrites {
+            updated: row.get(0),
+            hot: row.get(1),
+            deleted: row.get(2),
+        };
+        if writes.updated >= updated || Instant::now() > deadline {
+            return writes;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
-fn claims_update_rows_in_place() {
+fn claims_and_successes_update_rows_in_place() {
     let Some(t) = common::postgres() else { return };
     let now = clock::now();
     let rows = 40;
@@ -34,37 +71,44 @@ fn claims_update_rows_in_place() {
         };
         t.store.create(&new, now).unwrap();
     }
+    let claims = t.store.claim_due(now, 100, LEASE).unwrap();
+    assert_eq!(claims.len(), rows as usize);
+    let queue = table_writes(&t, "webhook_delivery_queue", rows);
+    assert_eq!(queue.updated, rows, "one update of the queue row a claim");
     assert_eq!(
-        t.store.claim_due(now, 100, LEASE).unwrap().len(),
-        rows as usize
+        queue.hot, rows,
+        "every claim a HOT update (no new index entries)"
     );
 
-    // Table statistics reach other sessions when the claiming one flushes them (it does
-    // within about a second of going idle, or ten at most).
-    let schema = t.postgres_schema.as_deref().unwrap();
-    let mut admin =
-        postgres::Client::connect(&common::postgres_url().unwrap(), postgres::NoTls).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (updated, hot) = loop {
-        let row = admin
-            .query_one(
-                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
-                 WHERE schemaname = $1 AND relname = 'webhook_deliveries'",
-                &[&schema],
-            )
-            .unwrap();
-        let (updated, hot): (i64, i64) = (row.get(0), row.get(1));
-        if updated >= rows || Instant::now() > deadline {
-            break (updated, hot);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(updated, rows, "one update a claim");
-    assert_eq!(hot, rows, "every claim a HOT update (no new index entries)");
+    let outcomes: Vec<Outcome> = claims
+        .iter()
+        .map(|c| Outcome {
+            delivery_id: c.delivery.id,
+            lease_token: c.lease_token.clone(),
+            transition: Transition::Succeeded { status_code: 200 },
+            attempt: None,
+        })
+        .collect();
+    assert!(t.store.record(&outcomes, now).unwrap().iter().all(|&a| a));
+    let wide = table_writes(&t, "webhook_deliveries", rows);
+    assert_eq!(
+        wide,
+        TableWrites {
+            updated: rows,
+            hot: rows,
+            deleted: 0
+        },
+        "claims left the wide rows alone; each success updated its row in place"
+    );
+    assert_eq!(
+        table_writes(&t, "webhook_delivery_queue", rows).deleted,
+        rows,
+        "a success deletes the queue row"
+    );
 }
 
 #[test]
-fn leases_hold_across_rolling_back_and_reapplying_hot_claims() {
+fn leases_hold_across_rolling_back_and_reapplying_the_migrations() {
     let Some(t) = common::postgres() else { return };
     let store = &t.store;
     let now = clock::now();
@@ -76,8 +120,9 @@ fn leases_hold_across_rolling_back_and_reapplying_hot_claims() {
     let (final_row, _) = store.create(&last_try, now).unwrap();
     assert_eq!(store.claim_due(now, 10, LEASE).unwrap().len(), 2);
 
+    assert_eq!(store.migrate_down().unwrap(), Some(3));
     assert_eq!(store.migrate_down().unwrap(), Some(2));
-    assert_eq!(store.migrate_up().unwrap(), vec![2]);
+    assert_eq!(store.migrate_up().unwrap(), vec![2, 3]);
 
     let lease_end = now + secs(90);
     assert_eq!(store.next_due_at().unwrap(), Some(lease_end));
@@ -102,6 +147,47 @@ fn leases_hold_across_rolling_back_and_reapplying_hot_claims() {
     assert_eq!(again.len(), 1, "the other is claimable once its lease ends");
     assert_eq!(again[0].attempt(), 2);
     assert_eq!(again[0].delivery.scheduled_for, Some(lease_end + secs(90)));
+
+    // A dead letter and a row in flight both come through another round trip.
+    assert_eq!(store.migrate_down().unwrap(), Some(3));
+    assert_eq!(store.migrate_up().unwrap(), vec![3]);
+    let dead = store.get(&final_row.delivery_uuid).unwrap().unwrap();
+    assert_eq!(dead.delivery.status, outbox::delivery::Status::DeadLetter);
+    let outcome = Outcome {
+        delivery_id: again[0].delivery.id,
+        lease_token: again[0].lease_token.clone(),
+        transition: Transition::Succeeded { status_code: 200 },
+        attempt: None,
+    };
+    assert_eq!(store.record(&[outcome], lease_end).unwrap(), vec![true]);
+    assert_eq!(
+        store.redrive_all(None, lease_end).unwrap(),
+        1,
+        "the dead letter is still found"
+    );
+    let redriven = store.claim_due(lease_end, 10, LEASE).unwrap();
+    assert_eq!(redriven.len(), 1);
+    assert_eq!(redriven[0].delivery.id, final_row.id);
+}
+
+#[test]
+fn a_row_inserted_with_sql_is_delivered() {
+    let Some(t) = common::postgres() else { return };
+    let now = clock::now();
+    let mut app = postgres::Client::connect(&t.database, postgres::NoTls).unwrap();
+    app.execute(
+        "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
+         webhook_node_id, endpoint_url, payload, max_attempts, scheduled_for, created_at, \
+         updated_at) VALUES ('from-sql', 7, 1, 'n', 'https://example.com/hook', '{}', 3, $1, \
+         $1, $1)",
+        &[&now],
+    )
+    .unwrap();
+    let claims = t.store.claim_due(now, 10, LEASE).unwrap();
+    assert_eq!(claims.len(), 1, "the trigger queued it");
+    assert_eq!(claims[0].delivery.delivery_uuid, "from-sql");
+    assert_eq!(claims[0].attempt(), 1);
+    assert_eq!(claims[0].delivery.max_attempts, 3);
 }
 
 fn due_at(run: i64, at: OffsetDateTime) -> NewDelivery {
@@ -167,4 +253,57 @@ fn rows_this_store_makes_due_earlier_are_claimed_at_once() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery.workflow_run_id, 1);
     assert_eq!(again[0].attempt(), 1, "the released attempt was given back");
+}
+
+#[test]
+fn purge_takes_the_attempts_and_queue_rows_along() {
+    let Some(t) = common::postgres() else { return };
+    let store = &t.store;
+    let now = clock::now();
+    store.create(&new_delivery(1, "n"), now).unwrap();
+    store.create(&new_delivery(2, "n"), now).unwrap();
+    let (kept, _) = store.create(&new_delivery(3, "n"), now).unwrap();
+    let claims = store.claim_due(now, 2, LEASE).unwrap();
+    let attempt = |n| outbox::delivery::Attempt {
+        attempt_number: n,
+        started_at: now,
+        duration_ms: 1,
+        status_code: Some(404),
+        error: None,
+        response_excerpt: None,
+    };
+    let outcomes: Vec<Outcome> = claims
+        .iter()
+        .zip([
+            Transition::Succeeded { status_code: 200 },
+            Transition::DeadLetter {
+                status_code: Some(404),
+                error: "HTTP 404".into(),
+            },
+        ])
+        .map(|(c, transition)| Outcome {
+            delivery_id: c.delivery.id,
+            lease_token: c.lease_token.clone(),
+            transition,
+            attempt: Some(attempt(1)),
+        })
+        .collect();
+    assert_eq!(store.record(&outcomes, now).unwrap(), vec![true, true]);
+
+    let mut db = postgres::Client::connect(&t.database, postgres::NoTls).unwrap();
+    let mut count = |table: &str| -> i64 {
+        db.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count("webhook_delivery_attempts"), 2);
+    assert_eq!(
+        count("webhook_delivery_queue"),
+        2,
+        "the dead letter's and row 3's"
+    );
+    assert_eq!(store.purge(now + secs(1)).unwrap(), 2);
+    assert_eq!(count("webhook_delivery_attempts"), 0);
+    assert_eq!(count("webhook_delivery_queue"), 1);
+    assert!(store.get(&kept.delivery_uuid).unwrap().is_some());
 }

@@ -46,6 +46,7 @@ parity_suite!(
     redrive_one_and_all,
     purge_deletes_old_terminal_rows_only,
     keyset_pagination_walks_every_row_once,
+    listing_by_status_finds_each_status_among_the_others,
     migrations_up_down_up_leave_an_identical_schema,
     payload_and_headers_round_trip_byte_for_byte,
     stats_and_next_due,
@@ -687,6 +688,79 @@ fn keyset_pagination_walks_every_row_once(store: &Arc<dyn Store>) {
         ..Default::default()
     });
     assert!(dead.is_empty());
+}
+
+fn listing_by_status_finds_each_status_among_the_others(store: &Arc<dyn Store>) {
+    let now = clock::now();
+    let news: Vec<NewDelivery> = (1..=7)
+        .map(|run| NewDelivery {
+            organization_id: if run == 5 { 8 } else { 7 },
+            ..new_delivery(run, "n")
+        })
+        .collect();
+    store.create_many(&news, now).unwrap();
+    let claims = store.claim_due(now, 10, LEASE).unwrap();
+    let dead = Transition::DeadLetter {
+        status_code: Some(404),
+        error: "HTTP 404".into(),
+    };
+    let outcomes: Vec<Outcome> = claims
+        .iter()
+        .map(|c| {
+            let transition = match c.delivery.workflow_run_id {
+                1 | 3 | 5 | 6 => dead.clone(),
+                2 => Transition::Succeeded { status_code: 200 },
+                _ => Transition::Release { at: now },
+            };
+            outcome(c, transition, None)
+        })
+        .collect();
+    assert!(store.record(&outcomes, now).unwrap().iter().all(|&a| a));
+    let run_of = |status, org, limit| {
+        let mut runs = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list(&ListFilter {
+                    status: Some(status),
+                    organization_id: org,
+                    limit,
+                    after,
+                })
+                .unwrap();
+            runs.extend(page.deliveries.iter().map(|d| d.workflow_run_id));
+            assert!(page.deliveries.iter().all(|d| d.status == status));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return runs,
+            }
+        }
+    };
+    assert_eq!(run_of(Status::DeadLetter, None, 1), vec![1, 3, 5, 6]);
+    assert_eq!(run_of(Status::DeadLetter, Some(7), 2), vec![1, 3, 6]);
+    assert_eq!(run_of(Status::DeadLetter, Some(8), 2), vec![5]);
+    assert_eq!(run_of(Status::Succeeded, None, 2), vec![2]);
+    assert_eq!(run_of(Status::Pending, None, 2), vec![4, 7]);
+
+    let uuid_of = |run| {
+        claims
+            .iter()
+            .find(|c| c.delivery.workflow_run_id == run)
+            .unwrap()
+    };
+    let redriven = store
+        .redrive(&uuid_of(3).delivery.delivery_uuid, now)
+        .unwrap();
+    assert!(matches!(redriven, Redrive::Redriven(_)));
+    assert_eq!(run_of(Status::DeadLetter, None, 10), vec![1, 5, 6]);
+    assert_eq!(run_of(Status::Pending, None, 10), vec![3, 4, 7]);
+    assert_eq!(store.redrive_all(Some(7), now).unwrap(), 2);
+    assert_eq!(run_of(Status::DeadLetter, None, 10), vec![5]);
+    let stats = store.stats(now).unwrap();
+    assert_eq!(
+        (stats.pending, stats.succeeded, stats.dead_letter, stats.due),
+        (5, 1, 1, 5)
+    );
 }
 
 /// Creates, claims and records one delivery of `run`: every hot statement, so a backend that

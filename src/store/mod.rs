@@ -2,6 +2,7 @@
 //! All SQL lives in `sqlite.rs` and `postgres.rs`; this file holds what both share.
 
 mod postgres;
+mod postgres_migrations;
 mod sqlite;
 mod sqlite_wal_vfs;
 

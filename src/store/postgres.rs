@@ -12,60 +12,16 @@ use postgres::{GenericClient, NoTls, Row, Statement, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use time::OffsetDateTime;
 
+use super::postgres_migrations::MIGRATIONS;
 use super::{
-    FINAL_LEASE_EXPIRED, INIT_DOWN, Migration, OutcomeWrite, StoreOptions, headers_from_json,
-    headers_to_json, into_page, lease_end, new_lease_token, page_limit,
+    FINAL_LEASE_EXPIRED, OutcomeWrite, StoreOptions, headers_from_json, headers_to_json, into_page,
+    lease_end, new_lease_token, page_limit,
 };
 use crate::delivery::{
     Attempt, Claim, Delivery, DeliveryDetail, Expired, ListFilter, MigrationState, NewDelivery,
     Outcome, Page, Redrive, Stats, Status, StoredCredential,
 };
 use crate::error::{Error, Result, redact_url};
-
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        up: include_str!("../../schema.postgres.sql"),
-        down: INIT_DOWN,
-    },
-    Migration {
-        version: 2,
-        name: "hot_claims",
-        up: HOT_CLAIMS_UP,
-        down: HOT_CLAIMS_DOWN,
-    },
-];
-
-/// Claims that PostgreSQL can apply in place. A claim used to move `scheduled_for` to the
-/// lease's end: a change to an indexed column, so every claim wrote a new 1 KiB row version
-/// and an entry in each of the table's five indexes. Now the lease's end goes in
-/// `lease_until`, which no index uses, and pages keep half their space free for the new
-/// version, so the update is HOT (heap-only: no index entries). Only the claim of a final
-/// attempt still moves `scheduled_for` and sets `final_lease`, so that expired final leases
-/// stay found by an index (one on `attempt_count`, as before, would make every claim
-/// non-HOT). Rows leased when this runs keep their lease, and a pending row out of attempts
-/// is still dead-lettered once its `scheduled_for` passes, as before.
-const HOT_CLAIMS_UP: &str = "
-    ALTER TABLE webhook_deliveries ADD COLUMN lease_until TIMESTAMPTZ,
-        ADD COLUMN final_lease BOOLEAN NOT NULL DEFAULT false;
-    UPDATE webhook_deliveries
-        SET lease_until = CASE WHEN lease_token IS NOT NULL THEN scheduled_for END,
-            final_lease = attempt_count >= max_attempts
-        WHERE status = 'pending' AND (lease_token IS NOT NULL OR attempt_count >= max_attempts);
-    DROP INDEX idx_webhook_deliveries_final_lease;
-    CREATE INDEX idx_webhook_deliveries_final_lease ON webhook_deliveries (scheduled_for)
-        WHERE status = 'pending' AND final_lease;
-    ALTER TABLE webhook_deliveries SET (fillfactor = 50);";
-
-/// Back to leases kept in `scheduled_for` (which a final claim already moved).
-const HOT_CLAIMS_DOWN: &str = "
-    ALTER TABLE webhook_deliveries RESET (fillfactor);
-    DROP INDEX idx_webhook_deliveries_final_lease;
-    UPDATE webhook_deliveries SET scheduled_for = lease_until WHERE lease_until IS NOT NULL;
-    ALTER TABLE webhook_deliveries DROP COLUMN lease_until, DROP COLUMN final_lease;
-    CREATE INDEX idx_webhook_deliveries_final_lease ON webhook_deliveries (scheduled_for)
-        WHERE status = 'pending' AND attempt_count >= max_attempts;";
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS outbox_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)";
@@ -80,36 +36,70 @@ const PURGE_CHUNK: i64 = 5_000;
 /// Connecting gives up after this long, so a wrong host fails fast with a clear error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn columns(prefix: &str) -> String {
+/// Where reads find deliveries: the wide row `d` and, until the delivery has succeeded, its
+/// queue row `q` (migration 3), which then holds its due time, attempts, last update and lease.
+const DELIVERIES: &str =
+    "webhook_deliveries d LEFT JOIN webhook_delivery_queue q ON q.delivery_id = d.id";
+
+/// The `queued` columns of a read from [`DELIVERIES`]. A leased row shows when its lease
+/// ends, as on SQLite; a dead letter's queue row has no due time, nor has its wide row.
+const READ_QUEUED: [&str; 4] = [
+    "COALESCE(q.lease_until, q.scheduled_for, d.scheduled_for)",
+    "COALESCE(q.attempt_count, d.attempt_count)",
+    "COALESCE(q.updated_at, d.updated_at)",
+    "q.lease_token",
+];
+
+/// Puts the rows of `redriven` (a CTE with `id` and `max_attempts`) back in the queue, due at
+/// `now` (a parameter), with a fresh attempt budget and no lease. A dead letter keeps its
+/// queue row, so this updates it; a missing one is made.
+fn requeue(redriven: &str, now: &str) -> String {
+    format!(
+        "INSERT INTO webhook_delivery_queue (delivery_id, scheduled_for, attempt_count, \
+             max_attempts, updated_at) \
+         SELECT id, {now}, 0, max_attempts, {now} FROM {redriven} \
+         ON CONFLICT (delivery_id) DO UPDATE SET scheduled_for = excluded.scheduled_for, \
+             attempt_count = 0, max_attempts = excluded.max_attempts, lease_token = NULL, \
+             lease_until = NULL, final_lease = false, updated_at = excluded.updated_at"
+    )
+}
+
+/// The columns [`row_to_delivery`] reads, in its order: the wide row `d`'s, and from `queued`
+/// the due time, attempt count, last update and lease token.
+fn columns(queued: [&str; 4]) -> String {
+    let [scheduled_for, attempt_count, updated_at, lease_token] = queued;
     [
-        "id",
-        "delivery_uuid",
-        "organization_id",
-        "workflow_run_id",
-        "webhook_node_id",
-        "webhook_name",
-        "endpoint_url",
-        "http_method",
-        "payload::text",
-        "custom_headers::text",
-        "credential_uuid",
-        "status",
-        "attempt_count",
-        "max_attempts",
-        "scheduled_for",
-        "last_status_code",
-        "last_error",
-        "created_at",
-        "updated_at",
-        "lease_token",
+        "d.id",
+        "d.delivery_uuid",
+        "d.organization_id",
+        "d.workflow_run_id",
+        "d.webhook_node_id",
+        "d.webhook_name",
+        "d.endpoint_url",
+        "d.http_method",
+        "d.payload::text",
+        "d.custom_headers::text",
+        "d.credential_uuid",
+        "d.status",
+        attempt_count,
+        "d.max_attempts",
+        scheduled_for,
+        "d.last_status_code",
+        "d.last_error",
+        "d.created_at",
+        updated_at,
+        lease_token,
     ]
-    .map(|c| match c {
-        // A leased row shows when its lease ends, as on SQLite.
-        "scheduled_for" => format!("COALESCE({prefix}lease_until, {prefix}scheduled_for)"),
-        _ => format!("{prefix}{c}"),
-    })
     .join(", ")
 }
+
+/// Every statement here is planned once per connection, for any parameters. A plan made for
+/// the parameters at hand reads the table's statistics, and a table filled faster than
+/// autovacuum analyzes it has none: the claim's was then a sort of every due row instead of
+/// a walk of the due index that stops at the limit (measured 64 ms instead of 0.9 ms for 100
+/// of 100,000 due rows). The generic plans of these statements are the index walks they were
+/// written for, and none is planned again at each execution.
+const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan";
 
 /// A pooled connection and the statements prepared on it, by SQL text.
 struct PgConnection {
@@ -125,8 +115,10 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> std::result::Result<PgConnection, postgres::Error> {
+        let mut client = self.0.connect()?;
+        client.batch_execute(GENERIC_PLANS)?;
         Ok(PgConnection {
-            client: self.0.connect()?,
+            client,
             statements: HashMap::new(),
         })
     }
@@ -301,7 +293,9 @@ impl PostgresStore {
         Ok(value)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut Client) -> PgResult<T>) -> Result<T> {
+    /// Runs `f` outside a transaction: for reads, and for writes of one statement, which is
+    /// a transaction by itself (one round trip instead of three: no `BEGIN`, no `COMMIT`).
+    fn run<T>(&self, f: impl FnOnce(&mut Client) -> PgResult<T>) -> Result<T> {
         let mut conn = self.client()?;
         let PgConnection { client, statements } = &mut *conn;
         f(&mut Cached { client, statements }).map_err(|e| self.err(e))
@@ -379,36 +373,45 @@ fn applied_versions(tx: &mut Tx) -> PgResult<Vec<u32>> {
     Ok(rows.iter().map(|r| to_u32(r.get(0))).collect())
 }
 
-fn insert_attempts(tx: &mut Tx, rows: &[(i64, &Attempt)]) -> PgResult<()> {
-    if rows.is_empty() {
-        return Ok(());
+/// Attempts as the columns of an `unnest`, one entry an outcome (all `None` for an outcome
+/// without an attempt, such as a release).
+struct AttemptColumns<'a> {
+    numbers: Vec<Option<i32>>,
+    started: Vec<Option<OffsetDateTime>>,
+    durations: Vec<Option<i64>>,
+    codes: Vec<Option<i32>>,
+    errors: Vec<Option<&'a str>>,
+    excerpts: Vec<Option<&'a str>>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn new(attempts: impl ExactSizeIterator<Item = Option<&'a Attempt>>) -> Self {
+        let mut columns = AttemptColumns {
+            numbers: Vec::with_capacity(attempts.len()),
+            started: Vec::with_capacity(attempts.len()),
+            durations: Vec::with_capacity(attempts.len()),
+            codes: Vec::with_capacity(attempts.len()),
+            errors: Vec::with_capacity(attempts.len()),
+            excerpts: Vec::with_capacity(attempts.len()),
+        };
+        for a in attempts {
+            columns
+                .numbers
+                .push(a.map(|a| i32::try_from(a.attempt_number).unwrap_or(i32::MAX)));
+            columns.started.push(a.map(|a| a.started_at));
+            columns
+                .durations
+                .push(a.map(|a| i64::try_from(a.duration_ms).unwrap_or(i64::MAX)));
+            columns
+                .codes
+                .push(a.and_then(|a| a.status_code.map(i32::from)));
+            columns.errors.push(a.and_then(|a| a.error.as_deref()));
+            columns
+                .excerpts
+                .push(a.and_then(|a| a.response_excerpt.as_deref()));
+        }
+        columns
     }
-    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    let numbers: Vec<i32> = rows.iter().map(|(_, a)| a.attempt_number as i32).collect();
-    let started: Vec<OffsetDateTime> = rows.iter().map(|(_, a)| a.started_at).collect();
-    let durations: Vec<i64> = rows
-        .iter()
-        .map(|(_, a)| i64::try_from(a.duration_ms).unwrap_or(i64::MAX))
-        .collect();
-    let codes: Vec<Option<i32>> = rows
-        .iter()
-        .map(|(_, a)| a.status_code.map(i32::from))
-        .collect();
-    let errors: Vec<Option<&str>> = rows.iter().map(|(_, a)| a.error.as_deref()).collect();
-    let excerpts: Vec<Option<&str>> = rows
-        .iter()
-        .map(|(_, a)| a.response_excerpt.as_deref())
-        .collect();
-    tx.execute(
-        "INSERT INTO webhook_delivery_attempts (delivery_id, attempt_number, started_at, \
-         duration_ms, status_code, error, response_excerpt) \
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::bigint[], \
-                              $5::int[], $6::text[], $7::text[])",
-        &[
-            &ids, &numbers, &started, &durations, &codes, &errors, &excerpts,
-        ],
-    )?;
-    Ok(())
 }
 
 impl super::Store for PostgresStore {
@@ -461,7 +464,7 @@ impl super::Store for PostgresStore {
     }
 
     fn schema_dump(&self) -> Result<String> {
-        self.read(|client| {
+        self.run(|client| {
             let mut lines = Vec::new();
             for row in client.query(
                 "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, \
@@ -523,8 +526,8 @@ impl super::Store for PostgresStore {
                  $13, $13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
                  RETURNING id";
             let existing = format!(
-                "SELECT {} FROM webhook_deliveries WHERE workflow_run_id = $1 AND webhook_node_id = $2",
-                columns("")
+                "SELECT {} FROM {DELIVERIES} WHERE d.workflow_run_id = $1 AND d.webhook_node_id = $2",
+                columns(READ_QUEUED)
             );
             let mut results = Vec::with_capacity(new.len());
             for n in new {
@@ -578,36 +581,43 @@ impl super::Store for PostgresStore {
         let token = new_lease_token();
         let until = lease_end(now, lease);
         let floor = self.claim_floor(now);
-        let (mut claims, first_due) = self.write(|tx| {
-            // The claim must walk the due index in order and stop at `limit`. Without
-            // statistics (a table filled faster than autovacuum analyzes it) the planner
-            // guesses a few hundred due rows and instead fetches and sorts every due row on
-            // each claim: measured 98 ms instead of 6 ms for 256 of 100,000.
-            tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")?;
+        // One statement, so no transaction around it. It must walk the due index in order
+        // and stop at `limit`, as its generic plan does (see [`GENERIC_PLANS`]).
+        let (mut claims, first_due) = self.run(|tx| {
             // The due predicate is repeated outside the CTE: a row locked-and-skipped is never
             // returned, and a row changed between the scan and the lock is re-checked. Rows
             // in flight sit at the head of the due index (their `scheduled_for` has passed);
-            // the scan steps over them, as many as are leased.
+            // the scan steps over them, as many as are leased. Only the queue row changes;
+            // the wide row is read for what the send needs.
             let rows = tx.query(
                 &format!(
                     "WITH due AS ( \
-                         SELECT id, scheduled_for AS due FROM webhook_deliveries \
-                         WHERE status = 'pending' AND scheduled_for <= $1 \
+                         SELECT delivery_id, scheduled_for AS due FROM webhook_delivery_queue \
+                         WHERE scheduled_for <= $1 \
                            AND scheduled_for >= COALESCE($5::timestamptz, '-infinity') \
                            AND attempt_count < max_attempts \
                            AND (lease_until IS NULL OR lease_until <= $1) \
-                         ORDER BY scheduled_for, id LIMIT $2 \
-                         FOR UPDATE SKIP LOCKED) \
-                     UPDATE webhook_deliveries d SET attempt_count = d.attempt_count + 1, \
-                         lease_token = $3, lease_until = $4, updated_at = $1, \
-                         final_lease = d.attempt_count + 1 >= d.max_attempts, \
-                         scheduled_for = CASE WHEN d.attempt_count + 1 >= d.max_attempts \
-                             THEN $4 ELSE d.scheduled_for END \
-                     FROM due WHERE d.id = due.id AND d.status = 'pending' \
-                       AND d.scheduled_for <= $1 AND d.attempt_count < d.max_attempts \
-                       AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-                     RETURNING {}, due.due",
-                    columns("d.")
+                         ORDER BY scheduled_for, delivery_id LIMIT $2 \
+                         FOR UPDATE SKIP LOCKED), \
+                     claimed AS ( \
+                         UPDATE webhook_delivery_queue q SET attempt_count = q.attempt_count + 1, \
+                             lease_token = $3, lease_until = $4, updated_at = $1, \
+                             final_lease = q.attempt_count + 1 >= q.max_attempts, \
+                             scheduled_for = CASE WHEN q.attempt_count + 1 >= q.max_attempts \
+                                 THEN $4 ELSE q.scheduled_for END \
+                         FROM due WHERE q.delivery_id = due.delivery_id \
+                           AND q.scheduled_for <= $1 AND q.attempt_count < q.max_attempts \
+                           AND (q.lease_until IS NULL OR q.lease_until <= $1) \
+                         RETURNING q.delivery_id, q.attempt_count, q.lease_until, q.updated_at, \
+                             q.lease_token, due.due) \
+                     SELECT {}, c.due FROM claimed c \
+                         JOIN webhook_deliveries d ON d.id = c.delivery_id",
+                    columns([
+                        "c.lease_until",
+                        "c.attempt_count",
+                        "c.updated_at",
+                        "c.lease_token"
+                    ])
                 ),
                 &[&now, &i64::from(limit), &token, &until, &floor],
             )?;
@@ -658,78 +668,111 @@ impl super::Store for PostgresStore {
         {
             self.lower_claim_floor(due);
         }
-        self.write(|tx| {
-            let rows = tx.query(
-                "UPDATE webhook_deliveries d SET status = v.status, \
-                     scheduled_for = v.scheduled_for, \
-                     last_status_code = CASE WHEN v.release THEN d.last_status_code ELSE v.status_code END, \
-                     last_error = CASE WHEN v.release THEN d.last_error ELSE v.error END, \
-                     attempt_count = d.attempt_count - CASE WHEN v.release THEN 1 ELSE 0 END, \
-                     lease_token = NULL, lease_until = NULL, final_lease = false, updated_at = $8 \
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], \
-                             $6::text[], $7::bool[]) \
-                      AS v(id, token, status, scheduled_for, status_code, error, release) \
-                 WHERE d.id = v.id AND d.lease_token = v.token \
-                 RETURNING d.id",
-                &[&ids, &tokens, &statuses, &scheduled, &codes, &errors, &releases, &now],
-            )?;
-            let applied_ids: std::collections::HashSet<i64> =
-                rows.iter().map(|r| r.get(0)).collect();
-            let attempts: Vec<(i64, &Attempt)> = outcomes
-                .iter()
-                .filter(|o| applied_ids.contains(&o.delivery_id))
-                .filter_map(|o| o.attempt.as_ref().map(|a| (o.delivery_id, a)))
-                .collect();
-            insert_attempts(tx, &attempts)?;
-            Ok(outcomes
-                .iter()
-                .map(|o| applied_ids.contains(&o.delivery_id))
-                .collect())
-        })
+        let attempts = AttemptColumns::new(outcomes.iter().map(|o| o.attempt.as_ref()));
+        // One statement, so no transaction around it. A success deletes the queue row, any
+        // other outcome updates it, fenced by the lease token; the wide row is written, and
+        // the attempt appended, for every outcome applied (the wide row not for a release).
+        // Data-modifying CTEs all see the snapshot the statement started with. What the later
+        // writes need comes through `applied`: a join back to `v` is planned, in the generic
+        // plan, as a walk of `v` for each row (measured: 19 ms a batch of 256 instead of ~6).
+        let rows = self.run(|client| {
+            Ok(client.query(
+                "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], \
+                         $4::timestamptz[], $5::int[], $6::text[], $7::bool[], $9::int[], \
+                         $10::timestamptz[], $11::bigint[], $12::int[], $13::text[], $14::text[]) \
+                         AS v(id, token, status, scheduled_for, status_code, error, release, \
+                              attempt_number, started_at, duration_ms, attempt_status_code, \
+                              attempt_error, response_excerpt)), \
+                 finished AS ( \
+                     DELETE FROM webhook_delivery_queue q USING v \
+                     WHERE q.delivery_id = v.id AND q.lease_token = v.token \
+                       AND v.status = 'succeeded' \
+                     RETURNING q.attempt_count AS attempt_count, v.*), \
+                 requeued AS ( \
+                     UPDATE webhook_delivery_queue q SET scheduled_for = v.scheduled_for, \
+                         attempt_count = q.attempt_count - CASE WHEN v.release THEN 1 ELSE 0 END, \
+                         lease_token = NULL, lease_until = NULL, final_lease = false, updated_at = $8 \
+                     FROM v WHERE q.delivery_id = v.id AND q.lease_token = v.token \
+                       AND v.status <> 'succeeded' \
+                     RETURNING q.attempt_count AS attempt_count, v.*), \
+                 applied AS (SELECT * FROM finished UNION ALL SELECT * FROM requeued), \
+                 written AS ( \
+                     UPDATE webhook_deliveries d SET status = a.status, \
+                         scheduled_for = a.scheduled_for, attempt_count = a.attempt_count, \
+                         last_status_code = a.status_code, last_error = a.error, updated_at = $8 \
+                     FROM applied a WHERE d.id = a.id AND NOT a.release), \
+                 appended AS ( \
+                     INSERT INTO webhook_delivery_attempts (delivery_id, attempt_number, \
+                         started_at, duration_ms, status_code, error, response_excerpt) \
+                     SELECT id, attempt_number, started_at, duration_ms, attempt_status_code, \
+                         attempt_error, response_excerpt \
+                     FROM applied WHERE attempt_number IS NOT NULL) \
+                 SELECT id FROM applied",
+                &[
+                    &ids,
+                    &tokens,
+                    &statuses,
+                    &scheduled,
+                    &codes,
+                    &errors,
+                    &releases,
+                    &now,
+                    &attempts.numbers,
+                    &attempts.started,
+                    &attempts.durations,
+                    &attempts.codes,
+                    &attempts.errors,
+                    &attempts.excerpts,
+                ],
+            )?)
+        })?;
+        let applied: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(outcomes
+            .iter()
+            .map(|o| applied.contains(&o.delivery_id))
+            .collect())
     }
 
     fn expire_final_leases(&self, now: OffsetDateTime) -> Result<Vec<Expired>> {
-        self.write(|tx| {
-            let rows = tx.query(
-                "UPDATE webhook_deliveries SET status = 'dead_letter', scheduled_for = NULL, \
-                 lease_token = NULL, lease_until = NULL, final_lease = false, last_error = $1, \
-                 last_status_code = NULL, updated_at = $2 \
-                 WHERE status = 'pending' AND final_lease AND scheduled_for <= $2 \
-                 RETURNING id, delivery_uuid, attempt_count",
+        // One statement: the queue row loses its due time (a dead letter's has none), the
+        // wide row is dead-lettered and the lost attempt appended.
+        self.run(|client| {
+            let rows = client.query(
+                "WITH expired AS ( \
+                     UPDATE webhook_delivery_queue SET scheduled_for = NULL, lease_token = NULL, \
+                         lease_until = NULL, final_lease = false, updated_at = $2 \
+                     WHERE final_lease AND scheduled_for <= $2 \
+                     RETURNING delivery_id, attempt_count), \
+                 dead AS ( \
+                     UPDATE webhook_deliveries d SET status = 'dead_letter', scheduled_for = NULL, \
+                         attempt_count = e.attempt_count, last_error = $1, \
+                         last_status_code = NULL, updated_at = $2 \
+                     FROM expired e WHERE d.id = e.delivery_id \
+                     RETURNING d.id, d.delivery_uuid, d.attempt_count), \
+                 appended AS ( \
+                     INSERT INTO webhook_delivery_attempts (delivery_id, attempt_number, \
+                         started_at, duration_ms, error) \
+                     SELECT id, attempt_count, $2, 0, $1 FROM dead) \
+                 SELECT * FROM dead",
                 &[&FINAL_LEASE_EXPIRED, &now],
             )?;
-            let expired: Vec<Expired> = rows
+            Ok(rows
                 .iter()
                 .map(|r| Expired {
                     id: r.get(0),
                     delivery_uuid: r.get(1),
                     attempt_count: to_u32(r.get(2)),
                 })
-                .collect();
-            let attempts: Vec<Attempt> = expired
-                .iter()
-                .map(|e| Attempt {
-                    attempt_number: e.attempt_count,
-                    started_at: now,
-                    duration_ms: 0,
-                    status_code: None,
-                    error: Some(FINAL_LEASE_EXPIRED.to_string()),
-                    response_excerpt: None,
-                })
-                .collect();
-            let pairs: Vec<(i64, &Attempt)> =
-                expired.iter().map(|e| e.id).zip(attempts.iter()).collect();
-            insert_attempts(tx, &pairs)?;
-            Ok(expired)
+                .collect())
         })
     }
 
     fn get(&self, delivery_uuid: &str) -> Result<Option<DeliveryDetail>> {
-        self.read(|client| {
+        self.run(|client| {
             let rows = client.query(
                 &format!(
-                    "SELECT {} FROM webhook_deliveries WHERE delivery_uuid = $1",
-                    columns("")
+                    "SELECT {} FROM {DELIVERIES} WHERE d.delivery_uuid = $1",
+                    columns(READ_QUEUED)
                 ),
                 &[&delivery_uuid],
             )?;
@@ -763,16 +806,21 @@ impl super::Store for PostgresStore {
 
     fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = page_limit(filter.limit);
-        let status_clause = filter
-            .status
-            .map(|s| format!(" AND status = '{}'", s.as_str()))
-            .unwrap_or_default();
+        let status_clause = match filter.status {
+            None => String::new(),
+            // Dead letters are found by their queue rows' index, not by a walk of every row.
+            Some(Status::DeadLetter) => {
+                " AND d.status = 'dead_letter' AND q.scheduled_for IS NULL AND q.delivery_id > $1"
+                    .to_owned()
+            }
+            Some(status) => format!(" AND d.status = '{}'", status.as_str()),
+        };
         let sql = format!(
-            "SELECT {} FROM webhook_deliveries WHERE id > $1{status_clause} \
-             AND ($3::bigint IS NULL OR organization_id = $3) ORDER BY id LIMIT $2",
-            columns("")
+            "SELECT {} FROM {DELIVERIES} WHERE d.id > $1{status_clause} \
+             AND ($3::bigint IS NULL OR d.organization_id = $3) ORDER BY d.id LIMIT $2",
+            columns(READ_QUEUED)
         );
-        let rows = self.read(|client| {
+        let rows = self.run(|client| {
             let rows = client.query(
                 &sql,
                 &[
@@ -791,11 +839,20 @@ impl super::Store for PostgresStore {
         self.write(|tx| {
             let rows = tx.query(
                 &format!(
-                    "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
-                     scheduled_for = $2, lease_token = NULL, lease_until = NULL, final_lease = false, \
-                     updated_at = $2 \
-                     WHERE delivery_uuid = $1 AND status = 'dead_letter' RETURNING {}",
-                    columns("")
+                    "WITH redriven AS ( \
+                         UPDATE webhook_deliveries d SET status = 'pending', attempt_count = 0, \
+                             scheduled_for = $2, updated_at = $2 \
+                         WHERE d.delivery_uuid = $1 AND d.status = 'dead_letter' \
+                         RETURNING {}), \
+                     queued AS ({}) \
+                     SELECT * FROM redriven",
+                    columns([
+                        "d.scheduled_for",
+                        "d.attempt_count",
+                        "d.updated_at",
+                        "NULL::text"
+                    ]),
+                    requeue("redriven", "$2")
                 ),
                 &[&delivery_uuid, &now],
             )?;
@@ -818,10 +875,20 @@ impl super::Store for PostgresStore {
     fn redrive_all(&self, organization_id: Option<i64>, now: OffsetDateTime) -> Result<u64> {
         self.lower_claim_floor(now);
         self.write(|tx| {
+            // Dead letters are found by their queue rows' index, not by a walk of every row.
             Ok(tx.execute(
-                "UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
-                 scheduled_for = $1, lease_token = NULL, lease_until = NULL, final_lease = false, \
-                 updated_at = $1 WHERE status = 'dead_letter' AND ($2::bigint IS NULL OR organization_id = $2)",
+                &format!(
+                    "WITH redriven AS ( \
+                         UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
+                             scheduled_for = $1, updated_at = $1 \
+                         WHERE status = 'dead_letter' \
+                           AND ($2::bigint IS NULL OR organization_id = $2) \
+                           AND id IN (SELECT delivery_id FROM webhook_delivery_queue \
+                                      WHERE scheduled_for IS NULL) \
+                         RETURNING id, max_attempts) \
+                     {}",
+                    requeue("redriven", "$1")
+                ),
                 &[&now, &organization_id],
             )?)
         })
@@ -830,12 +897,23 @@ impl super::Store for PostgresStore {
     fn purge(&self, older_than: OffsetDateTime) -> Result<u64> {
         let mut total = 0;
         loop {
-            let n = self.write(|tx| {
-                Ok(tx.execute(
-                    "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
-                     WHERE status IN ('succeeded', 'dead_letter') AND updated_at < $1 LIMIT $2)",
+            // A dead letter's queue row goes with it (its foreign key cascades); attempts
+            // have no foreign key (see migration 3), so they are deleted here.
+            let n = self.run(|client| {
+                let row = client.query_one(
+                    "WITH gone AS ( \
+                         DELETE FROM webhook_deliveries WHERE id IN ( \
+                             SELECT id FROM webhook_deliveries \
+                             WHERE status IN ('succeeded', 'dead_letter') AND updated_at < $1 \
+                             LIMIT $2) \
+                         RETURNING id), \
+                     attempts AS ( \
+                         DELETE FROM webhook_delivery_attempts a USING gone \
+                         WHERE a.delivery_id = gone.id) \
+                     SELECT count(*) FROM gone",
                     &[&older_than, &PURGE_CHUNK],
-                )?)
+                )?;
+                Ok(row.get::<_, i64>(0).max(0) as u64)
             })?;
             total += n;
             if n < PURGE_CHUNK as u64 {
@@ -845,7 +923,7 @@ impl super::Store for PostgresStore {
     }
 
     fn stats(&self, now: OffsetDateTime) -> Result<Stats> {
-        self.read(|client| {
+        self.run(|client| {
             let mut stats = Stats::default();
             for row in client.query(
                 "SELECT status, count(*) FROM webhook_deliveries GROUP BY status",
@@ -860,8 +938,8 @@ impl super::Store for PostgresStore {
                 }
             }
             let row = client.query_one(
-                "SELECT count(*), min(scheduled_for) FROM webhook_deliveries \
-                 WHERE status = 'pending' AND scheduled_for <= $1 AND lease_token IS NULL",
+                "SELECT count(*), min(scheduled_for) FROM webhook_delivery_queue \
+                 WHERE scheduled_for <= $1 AND lease_token IS NULL",
                 &[&now],
             )?;
             stats.due = row.get::<_, i64>(0).max(0) as u64;
@@ -876,14 +954,14 @@ impl super::Store for PostgresStore {
         // The first unleased row in due order bounds the answer, and a leased row further on
         // has a lease ending later still (it was claimed after it became due), so only the
         // leases before that row are read: as many as are in flight, not the whole table.
-        self.read(|client| {
+        self.run(|client| {
             Ok(client
                 .query_one(
-                    "WITH free AS (SELECT min(scheduled_for) AS at FROM webhook_deliveries \
-                         WHERE status = 'pending' AND lease_until IS NULL) \
+                    "WITH free AS (SELECT min(scheduled_for) AS at FROM webhook_delivery_queue \
+                         WHERE lease_until IS NULL) \
                      SELECT LEAST((SELECT at FROM free), \
-                         (SELECT min(lease_until) FROM webhook_deliveries \
-                          WHERE status = 'pending' AND lease_until IS NOT NULL \
+                         (SELECT min(lease_until) FROM webhook_delivery_queue \
+                          WHERE lease_until IS NOT NULL \
                             AND scheduled_for <= COALESCE((SELECT at FROM free), 'infinity')))",
                     &[],
                 )?
@@ -926,7 +1004,7 @@ impl super::Store for PostgresStore {
         credential_uuid: &str,
         organization_id: i64,
     ) -> Result<Option<StoredCredential>> {
-        self.read(|client| {
+        self.run(|client| {
             let rows = client.query(
                 "SELECT credential_uuid, organization_id, credential_type, sealed_data, \
                  created_at, updated_at FROM webhook_credentials \
