@@ -1,5 +1,5 @@
 //! The `Store` trait: every state transition of a delivery, and its two backends.
-//! All SQL lives in `sqlite.rs` and `postgres.rs`; this file holds what both share.
+//! All SQL lives in `sqlite.rs`, `postgres.rs` and `postgres_migrations.rs`; this file holds what both backends share.
 
 mod postgres;
 mod postgres_migrations;
