@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::new_delivery;
 use outbox::clock;
-use outbox::delivery::{NewDelivery, Outcome, Transition};
+use outbox::delivery::{Claim, NewDelivery, Outcome, Transition};
 use outbox::store::{self, StoreOptions};
 use time::OffsetDateTime;
 
@@ -20,6 +20,16 @@ const LEASE: Duration = Duration::from_secs(90);
 
 fn secs(n: i64) -> time::Duration {
     time::Duration::seconds(n)
+}
+
+/// The outcome of `claim`, without an attempt.
+fn outcome(claim: &Claim, transition: Transition) -> Outcome {
+    Outcome {
+        delivery_id: claim.delivery.id,
+        lease_token: claim.lease_token.clone(),
+        transition,
+        attempt: None,
+    }
 }
 
 /// Row counts of one table from `pg_stat_user_tables`: updates, HOT updates, deletes.
@@ -82,12 +92,7 @@ fn claims_and_successes_update_rows_in_place() {
 
     let outcomes: Vec<Outcome> = claims
         .iter()
-        .map(|c| Outcome {
-            delivery_id: c.delivery.id,
-            lease_token: c.lease_token.clone(),
-            transition: Transition::Succeeded { status_code: 200 },
-            attempt: None,
-        })
+        .map(|c| outcome(c, Transition::Succeeded { status_code: 200 }))
         .collect();
     assert!(t.store.record(&outcomes, now).unwrap().iter().all(|&a| a));
     let wide = table_writes(&t, "webhook_deliveries", rows);
@@ -153,13 +158,8 @@ fn leases_hold_across_rolling_back_and_reapplying_the_migrations() {
     assert_eq!(store.migrate_up().unwrap(), vec![3]);
     let dead = store.get(&final_row.delivery_uuid).unwrap().unwrap();
     assert_eq!(dead.delivery.status, outbox::delivery::Status::DeadLetter);
-    let outcome = Outcome {
-        delivery_id: again[0].delivery.id,
-        lease_token: again[0].lease_token.clone(),
-        transition: Transition::Succeeded { status_code: 200 },
-        attempt: None,
-    };
-    assert_eq!(store.record(&[outcome], lease_end).unwrap(), vec![true]);
+    let success = outcome(&again[0], Transition::Succeeded { status_code: 200 });
+    assert_eq!(store.record(&[success], lease_end).unwrap(), vec![true]);
     assert_eq!(
         store.redrive_all(None, lease_end).unwrap(),
         1,
@@ -242,12 +242,7 @@ fn rows_this_store_makes_due_earlier_are_claimed_at_once() {
     assert_eq!(third[0].delivery.workflow_run_id, 3);
 
     // A claim given back, due before the floor (row 3's).
-    let release = Outcome {
-        delivery_id: first[0].delivery.id,
-        lease_token: first[0].lease_token.clone(),
-        transition: Transition::Release { at: now - secs(90) },
-        attempt: None,
-    };
+    let release = outcome(&first[0], Transition::Release { at: now - secs(90) });
     assert_eq!(store.record(&[release], now).unwrap(), vec![true]);
     let again = store.claim_due(now, 10, LEASE).unwrap();
     assert_eq!(again.len(), 1);
@@ -264,8 +259,8 @@ fn purge_takes_the_attempts_and_queue_rows_along() {
     store.create(&new_delivery(2, "n"), now).unwrap();
     let (kept, _) = store.create(&new_delivery(3, "n"), now).unwrap();
     let claims = store.claim_due(now, 2, LEASE).unwrap();
-    let attempt = |n| outbox::delivery::Attempt {
-        attempt_number: n,
+    let attempt = outbox::delivery::Attempt {
+        attempt_number: 1,
         started_at: now,
         duration_ms: 1,
         status_code: Some(404),
@@ -282,10 +277,8 @@ fn purge_takes_the_attempts_and_queue_rows_along() {
             },
         ])
         .map(|(c, transition)| Outcome {
-            delivery_id: c.delivery.id,
-            lease_token: c.lease_token.clone(),
-            transition,
-            attempt: Some(attempt(1)),
+            attempt: Some(attempt.clone()),
+            ..outcome(c, transition)
         })
         .collect();
     assert_eq!(store.record(&outcomes, now).unwrap(), vec![true, true]);

@@ -887,9 +887,10 @@ impl super::Store for PostgresStore {
 
     fn redrive_all(&self, organization_id: Option<i64>, now: OffsetDateTime) -> Result<u64> {
         self.lower_claim_floor(now);
-        self.write(|tx| {
-            // Dead letters are found by their queue rows' index, not by a walk of every row.
-            Ok(tx.execute(
+        // One statement, so no transaction around it. Dead letters are found by their queue
+        // rows' index, not by a walk of every row.
+        self.run(|client| {
+            Ok(client.execute(
                 &format!(
                     "WITH redriven AS ( \
                          UPDATE webhook_deliveries SET status = 'pending', attempt_count = 0, \
