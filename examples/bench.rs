@@ -474,7 +474,7 @@ fn main() {
     };
     // As `outbox serve` does first: the engine drained in this process then runs with the
     // service's allocator settings.
-    outbox::memory::fix_mmap_threshold();
+    outbox::memory::configure_allocator();
     let dir = tempfile::tempdir().expect("temp dir");
     let receiver = Receiver::start();
     println!(

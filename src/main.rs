@@ -374,7 +374,7 @@ fn enqueue(config: &Config, file: Option<&str>) -> Result<(), String> {
 }
 
 fn serve(config: &Config) -> Result<(), String> {
-    outbox::memory::fix_mmap_threshold();
+    outbox::memory::configure_allocator();
     let store = open(config)?;
     let applied = store.migrate_up().map_err(|e| e.to_string())?;
     if !applied.is_empty() {
