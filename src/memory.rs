@@ -1,4 +1,4 @@
-//! Giving freed heap memory back to the operating system.
+//! The allocator's settings, and giving freed heap memory back to the operating system.
 //!
 //! glibc keeps memory freed by a thread in that thread's arena for reuse; after a burst (a
 //! backlog drained, many API clients) the process's resident size stays at its peak although
@@ -32,9 +32,9 @@ pub fn release_free_memory() {
 ///   default: each thread that ever ran beside the others keeps an arena, and `malloc_trim`
 ///   does not give back the free space at an arena's end. Measured on 2 cores (8 arenas
 ///   against 16), `outbox serve` with 16 senders, idle after the benchmark's load: anonymous
-///   memory 3.1-3.3 against 3.4-3.8 MiB, RSS 9.7-10.0 against 10.0-10.3 MiB (5 alternating
-///   runs each); enqueue and drain rates within their noise. Four arenas had cost the drain
-///   ~10 % of CPU. An operator's `MALLOC_ARENA_MAX` is left as it is.
+///   memory 3.1-3.4 against 3.4-3.8 MiB, RSS 9.7-10.0 against 10.0-10.3 MiB (8 and 5 runs);
+///   enqueue and drain rates within their noise. Four arenas had cost the drain ~10 % of CPU.
+///   An operator's `MALLOC_ARENA_MAX` is left as it is.
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
