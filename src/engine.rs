@@ -459,7 +459,9 @@ struct SenderPool {
 impl SenderPool {
     /// Starts senders until `wanted` (at most the configured number) run. Call it after
     /// queueing claims: with the check a sender makes before it ends
-    /// ([`LiveSender::end_if_idle`]), a sender is left to take every claim queued.
+    /// ([`LiveSender::end_if_idle`]), a sender is left to take every claim queued. (The
+    /// claimer calls it before queueing too, so a send into the bounded queue never waits for
+    /// a sender that was not started.)
     fn start_senders(&self, shared: &Arc<Shared>, wanted: usize) {
         let wanted = wanted.min(shared.config.senders);
         // SeqCst, as in `LiveSender::end_if_idle`: of a claim queued just as the last sender
@@ -470,7 +472,7 @@ impl SenderPool {
         }
         let mut threads = shared.lock_sender_threads();
         threads.retain(|t| !t.is_finished());
-        for i in live..wanted {
+        for _ in live..wanted {
             shared.live_senders.fetch_add(1, Ordering::SeqCst);
             let (thread_shared, claims, outcomes) = (
                 Arc::clone(shared),
@@ -478,7 +480,7 @@ impl SenderPool {
                 self.outcomes.clone(),
             );
             let started = std::thread::Builder::new()
-                .name(format!("outbox-sender-{i}"))
+                .name("outbox-sender".to_owned())
                 .spawn(move || sender_loop(&thread_shared, &claims, &outcomes));
             match started {
                 Ok(thread) => threads.push(thread),
