@@ -384,20 +384,15 @@ fn claimer(shared: &Arc<Shared>, claims: ChannelSender<Box<Claim>>, pool: Sender
         }
         shared.in_flight.fetch_add(got, Ordering::AcqRel);
         shared.unsent.fetch_add(got, Ordering::AcqRel);
-        // Senders are started before the claims are queued, so a send into the bounded queue
-        // cannot wait for a sender that is not there, and again after, for any that ended
-        // meanwhile (see `SenderPool::start_senders`).
-        let wanted = shared.in_flight.load(Ordering::Acquire);
-        if got > 0 {
-            pool.start_senders(shared, wanted);
-        }
+        // Queueing does not wait for a sender: `free` kept the queue within `capacity`, which
+        // is at most the channel's bound. Senders are started after, as `start_senders` needs.
         for claim in batch {
             if claims.send(Box::new(claim)).is_err() {
                 return;
             }
         }
         if got > 0 {
-            pool.start_senders(shared, wanted);
+            pool.start_senders(shared, shared.in_flight.load(Ordering::Acquire));
         }
         if got == limit {
             continue; // more may be due right now
@@ -459,9 +454,7 @@ struct SenderPool {
 impl SenderPool {
     /// Starts senders until `wanted` (at most the configured number) run. Call it after
     /// queueing claims: with the check a sender makes before it ends
-    /// ([`LiveSender::end_if_idle`]), a sender is left to take every claim queued. (The
-    /// claimer calls it before queueing too, so a send into the bounded queue never waits for
-    /// a sender that was not started.)
+    /// ([`LiveSender::end_if_idle`]), a sender is left to take every claim queued.
     fn start_senders(&self, shared: &Arc<Shared>, wanted: usize) {
         let wanted = wanted.min(shared.config.senders);
         // SeqCst, as in `LiveSender::end_if_idle`: of a claim queued just as the last sender
