@@ -2,9 +2,11 @@
 //! ("hot_claims") and 3 ("queue_table"): a claim updates only the delivery's narrow queue row,
 //! in place; a success deletes that row and updates the wide row in place; leases taken before
 //! rolling either migration back (or applying it again) still hold after it; a row an
-//! application inserts with SQL is queued by the trigger. The claim floor: a claim starts its
-//! walk of the due index where the last one found its first row, and a row due earlier is
-//! still claimed, at once when this store made it, within a second when another process did.
+//! application inserts with SQL is queued by the trigger. Migration 4 ("attempts_key"): one
+//! index on attempts, and their history keeps its order both ways. The claim floor: a claim
+//! starts its walk of the due index where the last one found its first row, and a row due
+//! earlier is still claimed, at once when this store made it, within a second when another
+//! process did.
 
 mod common;
 
@@ -125,9 +127,10 @@ fn leases_hold_across_rolling_back_and_reapplying_the_migrations() {
     let (final_row, _) = store.create(&last_try, now).unwrap();
     assert_eq!(store.claim_due(now, 10, LEASE).unwrap().len(), 2);
 
+    assert_eq!(store.migrate_down().unwrap(), Some(4));
     assert_eq!(store.migrate_down().unwrap(), Some(3));
     assert_eq!(store.migrate_down().unwrap(), Some(2));
-    assert_eq!(store.migrate_up().unwrap(), vec![2, 3]);
+    assert_eq!(store.migrate_up().unwrap(), vec![2, 3, 4]);
 
     let lease_end = now + secs(90);
     assert_eq!(store.next_due_at().unwrap(), Some(lease_end));
@@ -154,8 +157,9 @@ fn leases_hold_across_rolling_back_and_reapplying_the_migrations() {
     assert_eq!(again[0].delivery.scheduled_for, Some(lease_end + secs(90)));
 
     // A dead letter and a row in flight both come through another round trip.
+    assert_eq!(store.migrate_down().unwrap(), Some(4));
     assert_eq!(store.migrate_down().unwrap(), Some(3));
-    assert_eq!(store.migrate_up().unwrap(), vec![3]);
+    assert_eq!(store.migrate_up().unwrap(), vec![3, 4]);
     let dead = store.get(&final_row.delivery_uuid).unwrap().unwrap();
     assert_eq!(dead.delivery.status, outbox::delivery::Status::DeadLetter);
     let success = outcome(&again[0], Transition::Succeeded { status_code: 200 });
@@ -299,4 +303,69 @@ fn purge_takes_the_attempts_and_queue_rows_along() {
     assert_eq!(count("webhook_delivery_attempts"), 0);
     assert_eq!(count("webhook_delivery_queue"), 1);
     assert!(store.get(&kept.delivery_uuid).unwrap().is_some());
+}
+
+#[test]
+fn attempts_keep_their_order_across_the_attempts_key_migration() {
+    let Some(t) = common::postgres() else { return };
+    let store = &t.store;
+    let now = clock::now();
+    let (d, _) = store.create(&new_delivery(1, "n"), now).unwrap();
+    let attempt = |status_code| outbox::delivery::Attempt {
+        attempt_number: 1,
+        started_at: now,
+        duration_ms: 1,
+        status_code: Some(status_code),
+        error: None,
+        response_excerpt: None,
+    };
+    let dead = Transition::DeadLetter {
+        status_code: Some(404),
+        error: "HTTP 404".into(),
+    };
+    let first = store.claim_due(now, 1, LEASE).unwrap();
+    let first = Outcome {
+        attempt: Some(attempt(404)),
+        ..outcome(&first[0], dead)
+    };
+    assert_eq!(store.record(&[first], now).unwrap(), vec![true]);
+    assert_eq!(store.redrive_all(None, now).unwrap(), 1);
+    let second = store.claim_due(now, 1, LEASE).unwrap();
+    let second = Outcome {
+        attempt: Some(attempt(200)),
+        ..outcome(&second[0], Transition::Succeeded { status_code: 200 })
+    };
+    assert_eq!(store.record(&[second], now).unwrap(), vec![true]);
+    let history = || -> Vec<Option<u16>> {
+        let got = store.get(&d.delivery_uuid).unwrap().unwrap();
+        got.attempts.iter().map(|a| a.status_code).collect()
+    };
+    let mut db = postgres::Client::connect(&t.database, postgres::NoTls).unwrap();
+    let mut indexes = || -> Vec<String> {
+        db.query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'webhook_delivery_attempts' \
+             AND schemaname = current_schema() ORDER BY indexname",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.get::<_, String>(0)
+                .split(" USING ")
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+    };
+    assert_eq!(indexes(), vec!["btree (delivery_id, id)"]);
+    assert_eq!(history(), vec![Some(404), Some(200)]);
+
+    assert_eq!(store.migrate_down().unwrap(), Some(4));
+    assert_eq!(indexes(), vec!["btree (delivery_id)", "btree (id)"]);
+    assert_eq!(history(), vec![Some(404), Some(200)]);
+    assert_eq!(store.migrate_up().unwrap(), vec![4]);
+    assert_eq!(history(), vec![Some(404), Some(200)]);
+    assert_eq!(store.purge(now + secs(1)).unwrap(), 1);
+    assert!(store.get(&d.delivery_uuid).unwrap().is_none());
 }

@@ -602,7 +602,26 @@ fn redrive_one_and_all(store: &Arc<dyn Store>) {
         store.redrive("no-such-uuid", later).unwrap(),
         Redrive::NotFound
     );
-    assert_eq!(claim_one(store, later).attempt(), 1);
+    // Attempt numbers start again at 1; the history lists attempts in the order they were
+    // recorded, even when the later one's clock (another instance's) reads earlier.
+    let again = claim_one(store, later);
+    assert_eq!(again.attempt(), 1);
+    let behind = Attempt {
+        started_at: now - secs(60),
+        ..attempt(1, Some(200), None)
+    };
+    let success = outcome(
+        &again,
+        Transition::Succeeded { status_code: 200 },
+        Some(behind),
+    );
+    assert_eq!(store.record(&[success], later).unwrap(), vec![true]);
+    let history: Vec<(u32, Option<u16>)> = get(store, &a)
+        .attempts
+        .iter()
+        .map(|t| (t.attempt_number, t.status_code))
+        .collect();
+    assert_eq!(history, vec![(1, Some(404)), (1, Some(200))]);
 
     assert_eq!(
         store.redrive_all(Some(8), later).unwrap(),
