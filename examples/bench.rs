@@ -9,7 +9,8 @@
 //! 3. outbox: the real engine draining a backlog of N deliveries (1 KiB payloads) on SQLite
 //!    in each OUTBOX_SQLITE_SYNCHRONOUS mode (FULL, the default; NORMAL; STRICT), and on
 //!    PostgreSQL when `--postgres URL` is given; before it, "store only": the same backlog
-//!    claimed and recorded by one thread, nothing sent (what the store costs a delivery);
+//!    claimed and recorded by one thread, nothing sent (what the store costs a delivery),
+//!    and the rate that backlog was written at (`create_many` in batches of 2,000);
 //! 4. enqueue: deliveries/s accepted through the HTTP API of a real `outbox serve` process
 //!    with 16 keep-alive clients (each 201 means committed);
 //! 5. latency: enqueue -> first attempt p50/p99 at a fixed offered rate;
@@ -218,20 +219,27 @@ fn new_delivery(url: &str, run: i64) -> NewDelivery {
     }
 }
 
-fn fill(store: &Arc<dyn Store>, url: &str, n: usize) {
+/// Writes the backlog in batches of [`FILL_BATCH`]; returns the rows written a second.
+fn fill(store: &Arc<dyn Store>, url: &str, n: usize) -> f64 {
     let news: Vec<NewDelivery> = (0..n as i64).map(|run| new_delivery(url, run)).collect();
-    for chunk in news.chunks(2000) {
+    let started = Instant::now();
+    for chunk in news.chunks(FILL_BATCH) {
         for r in store.create_many(chunk, clock::now()).expect("fill") {
             r.expect("create");
         }
     }
+    rate(n as u64, started.elapsed())
 }
+
+/// Rows a `create_many` call of the backlog's fill writes.
+const FILL_BATCH: usize = 2000;
 
 /// Fills the backlog, then lets the background checkpoint copy the fill's WAL into the
 /// database, so what is measured next is not charged for the fill's I/O.
-fn fill_and_settle(store: &Arc<dyn Store>, url: &str, n: usize) {
-    fill(store, url, n);
+fn fill_and_settle(store: &Arc<dyn Store>, url: &str, n: usize) -> f64 {
+    let written = fill(store, url, n);
     std::thread::sleep(Duration::from_secs(3));
+    written
 }
 
 fn engine_config(senders: usize) -> EngineConfig {
@@ -516,7 +524,7 @@ fn main() {
         let modes = ["full".to_string()];
         let mut store_schemas = Vec::new();
         for (name, store) in open_backends(&args, &modes, dir.path(), "store", &mut store_schemas) {
-            let measured = store_only(&args, &receiver.url, store);
+            let (measured, written) = store_only(&args, &receiver.url, store);
             let mut line = format!(
                 "{:.1} us   ({:.2} cores busy",
                 1e6 / measured.rate.max(1.0),
@@ -531,6 +539,10 @@ fn main() {
             print(
                 &format!("store only: claim + record, per delivery ({name})"),
                 line + ")",
+            );
+            print(
+                &format!("store only: backlog written, rows/s ({name})"),
+                format!("{written:.0}   (create_many, {FILL_BATCH} a call, one thread)"),
             );
         }
         if let Some(url) = &args.postgres {
@@ -661,8 +673,9 @@ fn flush_postgres(url: &str) {
 
 /// 3b. The store alone: the same backlog claimed and recorded in batches of 256 by one thread,
 /// nothing sent. Microseconds of wall time per delivery: what the store costs, apart from HTTP.
-fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> Measured {
-    fill_and_settle(&store, url, args.deliveries);
+/// Also returns the rate the backlog was written at.
+fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> (Measured, f64) {
+    let written = fill_and_settle(&store, url, args.deliveries);
     let span = CpuSpan::start(is_postgres(&*store));
     let mut done = 0usize;
     loop {
@@ -691,7 +704,7 @@ fn store_only(args: &Args, url: &str, store: Arc<dyn Store>) -> Measured {
         store.record(&outcomes, clock::now()).unwrap();
         done += claims.len();
     }
-    span.end(done as u64)
+    (span.end(done as u64), written)
 }
 
 /// A running `outbox serve` child process.

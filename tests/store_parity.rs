@@ -52,6 +52,8 @@ parity_suite!(
     stats_and_next_due,
     credentials_are_scoped_to_their_organization,
     batch_create_commits_items_independently,
+    concurrent_batches_bind_each_run_to_one_organization,
+    concurrent_batches_of_the_same_deliveries_create_each_once,
     a_batch_that_breaks_a_constraint_writes_nothing_and_the_store_goes_on,
 );
 
@@ -978,6 +980,105 @@ fn batch_create_commits_items_independently(store: &Arc<dyn Store>) {
         })
         .unwrap();
     assert_eq!(page.deliveries.len(), 3);
+}
+
+/// Two batches at once name the same runs for two organizations, in opposite orders (each
+/// would wait on the other's bindings, were runs bound in item order): both batches commit,
+/// and each run has one organization and only that organization's delivery.
+fn concurrent_batches_bind_each_run_to_one_organization(store: &Arc<dyn Store>) {
+    let now = clock::now();
+    for round in 0..5 {
+        let runs: Vec<i64> = (1..=50).map(|r| round * 100 + r).collect();
+        let batches = [(1, runs.clone()), (2, runs.iter().rev().copied().collect())];
+        let threads: Vec<_> = batches
+            .into_iter()
+            .map(|(organization_id, runs)| {
+                let store = Arc::clone(store);
+                std::thread::spawn(move || {
+                    let news: Vec<NewDelivery> = runs
+                        .iter()
+                        .map(|&run| NewDelivery {
+                            organization_id,
+                            ..new_delivery(run, &format!("node-{organization_id}"))
+                        })
+                        .collect();
+                    let results = store.create_many(&news, now).expect("the batch commits");
+                    let created: Vec<(i64, i64)> = results
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok())
+                        .map(|(d, created)| {
+                            assert!(created);
+                            (d.workflow_run_id, d.organization_id)
+                        })
+                        .collect();
+                    let refused = results.iter().filter(|r| r.is_err()).count();
+                    assert_eq!(created.len() + refused, runs.len());
+                    created
+                })
+            })
+            .collect();
+        let mut owner: HashMap<i64, i64> = HashMap::new();
+        for t in threads {
+            for (run, organization) in t.join().unwrap() {
+                assert_eq!(owner.insert(run, organization), None, "run {run} won twice");
+            }
+        }
+        assert_eq!(owner.len(), runs.len(), "every run went to someone");
+        let page = store
+            .list(&ListFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        let stored: Vec<_> = page
+            .deliveries
+            .iter()
+            .filter(|d| runs.contains(&d.workflow_run_id))
+            .map(|d| (d.workflow_run_id, d.organization_id))
+            .collect();
+        assert_eq!(stored.len(), runs.len(), "one delivery a run");
+        assert!(stored.iter().all(|(run, org)| owner[run] == *org));
+    }
+}
+
+/// Two batches at once carry the same deliveries, of runs already bound, in opposite orders
+/// (each would wait on the other's rows, were rows inserted in item order): both commit, and
+/// each delivery is created once; the other batch gets that row back.
+fn concurrent_batches_of_the_same_deliveries_create_each_once(store: &Arc<dyn Store>) {
+    let now = clock::now();
+    for round in 0..5 {
+        let runs = (1..=500).map(|r| round * 1000 + r);
+        // The runs are bound already, so neither batch waits on the other's bindings.
+        let bound: Vec<NewDelivery> = runs.clone().map(|r| new_delivery(r, "first")).collect();
+        store.create_many(&bound, now).unwrap();
+        let news: Vec<NewDelivery> = runs.map(|r| new_delivery(r, "n")).collect();
+        let threads: Vec<_> = [news.clone(), news.iter().rev().cloned().collect()]
+            .into_iter()
+            .map(|news| {
+                let store = Arc::clone(store);
+                std::thread::spawn(move || {
+                    let results = store.create_many(&news, now).expect("the batch commits");
+                    results
+                        .into_iter()
+                        .map(|r| r.map(|(d, created)| (d.workflow_run_id, d.id, created)))
+                        .collect::<outbox::Result<Vec<_>>>()
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut seen: HashMap<i64, Vec<(i64, bool)>> = HashMap::new();
+        for t in threads {
+            for (run, id, created) in t.join().unwrap() {
+                seen.entry(run).or_default().push((id, created));
+            }
+        }
+        assert_eq!(seen.len(), news.len());
+        for (run, both) in seen {
+            assert_eq!(both.len(), 2);
+            assert_eq!(both[0].0, both[1].0, "run {run}: the same row to both");
+            assert!(both[0].1 != both[1].1, "run {run}: created once: {both:?}");
+        }
+    }
 }
 
 /// The API validates before it writes, so only a caller of the store itself can break a

@@ -338,6 +338,103 @@ fn to_u32(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+/// What a batch of creates does with each item, from who owns its run.
+#[derive(Debug, PartialEq)]
+enum BatchItem {
+    /// The run is bound to another organization: nothing is written.
+    Mismatch { owner: i64 },
+    /// Inserted, or read back if the run+node already has a row.
+    Insert,
+    /// The same run+node as an earlier item (its index): that item's row.
+    SameAs(usize),
+}
+
+/// Plans each item of `new`, given the organization that owns each run.
+fn plan_batch(new: &[NewDelivery], owners: &HashMap<i64, i64>) -> PgResult<Vec<BatchItem>> {
+    let mut first = HashMap::new();
+    new.iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let owner = *owners.get(&n.workflow_run_id).ok_or_else(|| {
+                PgError::Data(format!(
+                    "workflow run {} has no organization",
+                    n.workflow_run_id
+                ))
+            })?;
+            Ok(if owner != n.organization_id {
+                BatchItem::Mismatch { owner }
+            } else {
+                match first.entry((n.workflow_run_id, n.webhook_node_id.as_str())) {
+                    std::collections::hash_map::Entry::Occupied(e) => BatchItem::SameAs(*e.get()),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(i);
+                        BatchItem::Insert
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Inserts the items of `new` that `inserts` names (by index), each with its uuid from
+/// `uuids`, in one statement; returns `(id, delivery_uuid)` of each row inserted (none for a
+/// run+node that already has a row).
+fn insert_deliveries(
+    tx: &mut Tx,
+    new: &[NewDelivery],
+    uuids: &[String],
+    inserts: &[usize],
+    now: OffsetDateTime,
+) -> PgResult<Vec<Row>> {
+    if inserts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items = || inserts.iter().map(|&i| &new[i]);
+    let uuids: Vec<&str> = inserts.iter().map(|&i| uuids[i].as_str()).collect();
+    let organizations: Vec<i64> = items().map(|n| n.organization_id).collect();
+    let runs: Vec<i64> = items().map(|n| n.workflow_run_id).collect();
+    let nodes: Vec<&str> = items().map(|n| n.webhook_node_id.as_str()).collect();
+    let names: Vec<Option<&str>> = items().map(|n| n.webhook_name.as_deref()).collect();
+    let urls: Vec<&str> = items().map(|n| n.endpoint_url.as_str()).collect();
+    let methods: Vec<&str> = items().map(|n| n.http_method.as_str()).collect();
+    let payloads: Vec<&str> = items().map(|n| n.payload.as_str()).collect();
+    let headers: Vec<Option<String>> = items()
+        .map(|n| headers_to_json(&n.custom_headers))
+        .collect();
+    let credentials: Vec<Option<&str>> = items().map(|n| n.credential_uuid.as_deref()).collect();
+    let max_attempts: Vec<i32> = items().map(|n| n.max_attempts as i32).collect();
+    let scheduled: Vec<OffsetDateTime> = items().map(|n| n.scheduled_for.unwrap_or(now)).collect();
+    Ok(tx.query(
+        "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
+             webhook_node_id, webhook_name, endpoint_url, http_method, payload, custom_headers, \
+             credential_uuid, status, attempt_count, max_attempts, scheduled_for, created_at, \
+             updated_at) \
+         SELECT uuid, organization, run, node, name, url, method, CAST(payload AS json), \
+             CAST(headers AS json), credential, 'pending', 0, max_attempts, scheduled_for, $13, $13 \
+         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], \
+             $12::timestamptz[]) AS v(uuid, organization, run, node, name, url, method, \
+             payload, headers, credential, max_attempts, scheduled_for) \
+         ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
+         RETURNING id, delivery_uuid",
+        &[
+            &uuids,
+            &organizations,
+            &runs,
+            &nodes,
+            &names,
+            &urls,
+            &methods,
+            &payloads,
+            &headers,
+            &credentials,
+            &max_attempts,
+            &scheduled,
+            &now,
+        ],
+    )?)
+}
+
 fn row_to_delivery(row: &Row) -> PgResult<Delivery> {
     let status: String = row.try_get(11)?;
     let headers: Option<String> = row.try_get(9)?;
@@ -519,65 +616,80 @@ impl super::Store for PostgresStore {
         if let Some(due) = new.iter().map(|n| n.scheduled_for.unwrap_or(now)).min() {
             self.lower_claim_floor(due);
         }
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A few statements for the whole batch, not three round trips a row: bind the runs,
+        // read who owns them, insert the rows, and read back only those that existed.
         self.write(|tx| {
-            let bind = "INSERT INTO workflow_run_organizations (workflow_run_id, organization_id, \
-                 created_at) VALUES ($1, $2, $3) ON CONFLICT (workflow_run_id) DO NOTHING";
-            let bound =
-                "SELECT organization_id FROM workflow_run_organizations WHERE workflow_run_id = $1";
-            let insert = "INSERT INTO webhook_deliveries (delivery_uuid, organization_id, workflow_run_id, \
-                 webhook_node_id, webhook_name, endpoint_url, http_method, payload, \
-                 custom_headers, credential_uuid, status, attempt_count, max_attempts, \
-                 scheduled_for, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                 CAST($8::text AS json), CAST($9::text AS json), $10, 'pending', 0, $11, $12, \
-                 $13, $13) ON CONFLICT (workflow_run_id, webhook_node_id) DO NOTHING \
-                 RETURNING id";
+            // Each run goes to the first organization the batch names for it. In run order, so
+            // two batches binding the same runs wait for each other rather than deadlock.
+            let mut binds = std::collections::BTreeMap::new();
+            for n in new {
+                binds.entry(n.workflow_run_id).or_insert(n.organization_id);
+            }
+            let runs: Vec<i64> = binds.keys().copied().collect();
+            let organizations: Vec<i64> = binds.values().copied().collect();
+            tx.execute(
+                "INSERT INTO workflow_run_organizations (workflow_run_id, organization_id, \
+                 created_at) SELECT run, organization, $3 \
+                 FROM unnest($1::bigint[], $2::bigint[]) AS b(run, organization) \
+                 ON CONFLICT (workflow_run_id) DO NOTHING",
+                &[&runs, &organizations, &now],
+            )?;
+            // A statement of its own: under READ COMMITTED its snapshot sees a concurrent
+            // binder's row once that transaction commits (the insert waited for it), so two
+            // organizations cannot both win a run.
+            let owners: HashMap<i64, i64> = tx
+                .query(
+                    "SELECT workflow_run_id, organization_id FROM workflow_run_organizations \
+                     WHERE workflow_run_id = ANY($1)",
+                    &[&runs],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let plan = plan_batch(new, &owners)?;
+            let uuids: Vec<String> = new.iter().map(|_| super::new_delivery_uuid()).collect();
+            // In run+node order, for the reason runs are bound in order.
+            let mut inserts: Vec<usize> = (0..new.len())
+                .filter(|&i| plan[i] == BatchItem::Insert)
+                .collect();
+            inserts.sort_by_key(|&i| (new[i].workflow_run_id, new[i].webhook_node_id.as_str()));
+            let rows = insert_deliveries(tx, new, &uuids, &inserts, now)?;
+            let ids: HashMap<&str, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+            let mut done: HashMap<usize, Delivery> = HashMap::new();
             let existing = format!(
                 "SELECT {} FROM {DELIVERIES} WHERE d.workflow_run_id = $1 AND d.webhook_node_id = $2",
                 columns(READ_QUEUED)
             );
             let mut results = Vec::with_capacity(new.len());
-            for n in new {
-                // Insert first, then read: under READ COMMITTED a concurrent binder's row is
-                // seen once its transaction commits, so two organizations cannot both win.
-                tx.execute(bind, &[&n.workflow_run_id, &n.organization_id, &now])?;
-                let owner: i64 = tx.query_one(bound, &[&n.workflow_run_id])?.get(0);
-                if owner != n.organization_id {
-                    results.push(Err(Error::OrganizationMismatch {
+            for (i, (n, item)) in new.iter().zip(plan).enumerate() {
+                let result = match item {
+                    BatchItem::Mismatch { owner } => Err(Error::OrganizationMismatch {
                         workflow_run_id: n.workflow_run_id,
                         bound_organization_id: owner,
                         organization_id: n.organization_id,
-                    }));
-                    continue;
-                }
-                let delivery_uuid = super::new_delivery_uuid();
-                let rows = tx.query(
-                    insert,
-                    &[
-                        &delivery_uuid,
-                        &n.organization_id,
-                        &n.workflow_run_id,
-                        &n.webhook_node_id,
-                        &n.webhook_name,
-                        &n.endpoint_url,
-                        &n.http_method,
-                        &n.payload,
-                        &headers_to_json(&n.custom_headers),
-                        &n.credential_uuid,
-                        &(n.max_attempts as i32),
-                        &n.scheduled_for.unwrap_or(now),
-                        &now,
-                    ],
-                )?;
-                match rows.first() {
-                    Some(row) => results.push(Ok((
-                        super::inserted_delivery(row.try_get(0)?, delivery_uuid, n, now),
-                        true,
-                    ))),
-                    None => {
-                        let row = tx.query_one(&existing, &[&n.workflow_run_id, &n.webhook_node_id])?;
-                        results.push(Ok((row_to_delivery(&row)?, false)));
+                    }),
+                    BatchItem::Insert => {
+                        let (delivery, created) = match ids.get(uuids[i].as_str()) {
+                            Some(&id) => {
+                                (super::inserted_delivery(id, uuids[i].clone(), n, now), true)
+                            }
+                            None => {
+                                let row = tx.query_one(
+                                    &existing,
+                                    &[&n.workflow_run_id, &n.webhook_node_id],
+                                )?;
+                                (row_to_delivery(&row)?, false)
+                            }
+                        };
+                        done.insert(i, delivery.clone());
+                        Ok((delivery, created))
                     }
-                }
+                    BatchItem::SameAs(first) => Ok((done[&first].clone(), false)),
+                };
+                results.push(result);
             }
             Ok(results)
         })
