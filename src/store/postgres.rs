@@ -3,7 +3,8 @@
 //! outcome batches are one statement over `unnest`ed arrays (one round trip per batch).
 //! Each pooled connection prepares a statement once and keeps it (see [`Cached`]).
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -365,8 +366,8 @@ fn plan_batch(new: &[NewDelivery], owners: &HashMap<i64, i64>) -> PgResult<Vec<B
                 BatchItem::Mismatch { owner }
             } else {
                 match first.entry((n.workflow_run_id, n.webhook_node_id.as_str())) {
-                    std::collections::hash_map::Entry::Occupied(e) => BatchItem::SameAs(*e.get()),
-                    std::collections::hash_map::Entry::Vacant(e) => {
+                    Entry::Occupied(e) => BatchItem::SameAs(*e.get()),
+                    Entry::Vacant(e) => {
                         e.insert(i);
                         BatchItem::Insert
                     }
@@ -624,7 +625,7 @@ impl super::Store for PostgresStore {
         self.write(|tx| {
             // Each run goes to the first organization the batch names for it. In run order, so
             // two batches binding the same runs wait for each other rather than deadlock.
-            let mut binds = std::collections::BTreeMap::new();
+            let mut binds = BTreeMap::new();
             for n in new {
                 binds.entry(n.workflow_run_id).or_insert(n.organization_id);
             }
@@ -687,7 +688,12 @@ impl super::Store for PostgresStore {
                         done.insert(i, delivery.clone());
                         Ok((delivery, created))
                     }
-                    BatchItem::SameAs(first) => Ok((done[&first].clone(), false)),
+                    BatchItem::SameAs(first) => {
+                        let delivery = done.get(&first).cloned().ok_or_else(|| {
+                            PgError::Data(format!("batch item {i} repeats item {first}, not written"))
+                        })?;
+                        Ok((delivery, false))
+                    }
                 };
                 results.push(result);
             }
