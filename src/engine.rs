@@ -106,7 +106,8 @@ struct Shared {
     avg_send_micros: AtomicU64,
     /// Sender threads running (see [`SenderPool`]).
     live_senders: AtomicUsize,
-    /// Their handles, for shutdown to wait on; ended ones are joined as new ones start.
+    /// Their handles, for shutdown to wait on; those of ended threads are dropped as new
+    /// ones start.
     sender_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
