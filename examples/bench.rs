@@ -12,10 +12,11 @@
 //!    claimed and recorded by one thread, nothing sent (what the store costs a delivery),
 //!    and the rate that backlog was written at (`create_many` in batches of 2,000);
 //! 4. enqueue: deliveries/s accepted through the HTTP API of a real `outbox serve` process
-//!    with 16 keep-alive clients (each 201 means committed);
+//!    with 16 keep-alive clients (each 201 means committed), on SQLite (FULL) and, when
+//!    `--postgres URL` is given, on PostgreSQL (in a schema of its own);
 //! 5. latency: enqueue -> first attempt p50/p99 at a fixed offered rate;
 //! 6. the `outbox serve` process's peak RSS under load, RSS when idle, and its CPU use over
-//!    10 s with nothing due.
+//!    10 s with nothing due (4-6 for each backend).
 //!
 //! It prints figures; it does not pass or fail.
 //!
@@ -587,13 +588,25 @@ fn main() {
         flush_postgres(url);
     }
     if args.runs("serve") {
-        match serve_section(&args, &receiver, dir.path()) {
-            Ok(figures) => {
-                for (name, value) in figures {
-                    print(&name, value);
+        let sqlite = dir.path().join("serve.db").to_string_lossy().into_owned();
+        let mut targets = vec![("SQLite FULL", sqlite, None)];
+        if let Some(url) = &args.postgres {
+            let schema = format!("outbox_bench_serve_{}", std::process::id());
+            create_schema(url, &schema);
+            targets.push(("PostgreSQL", with_search_path(url, &schema), Some(schema)));
+        }
+        for (backend, database, schema) in targets {
+            match serve_section(&args, &receiver, dir.path(), backend, &database) {
+                Ok(figures) => {
+                    for (name, value) in figures {
+                        print(&name, value);
+                    }
                 }
+                Err(e) => println!("serve section ({backend}) failed: {e}"),
             }
-            Err(e) => println!("serve section failed: {e}"),
+            if let (Some(url), Some(schema)) = (&args.postgres, schema) {
+                drop_schemas(url, &[schema]);
+            }
         }
     }
     println!(
@@ -632,12 +645,7 @@ fn open_backends(
     }
     if let Some(url) = &args.postgres {
         let schema = format!("outbox_bench_{prefix}_{}", std::process::id());
-        drop_schemas(url, std::slice::from_ref(&schema));
-        let mut admin =
-            postgres::Client::connect(url, postgres::NoTls).expect("connect --postgres");
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .unwrap();
+        create_schema(url, &schema);
         pg_schemas.push(schema.clone());
         let options = StoreOptions {
             postgres_schema: Some(schema),
@@ -648,6 +656,23 @@ fn open_backends(
         backends.push(("PostgreSQL".into(), store));
     }
     backends
+}
+
+/// Creates `schema` afresh (dropping one of that name a killed run left).
+fn create_schema(url: &str, schema: &str) {
+    drop_schemas(url, &[schema.to_string()]);
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).expect("connect --postgres");
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+}
+
+/// `url` with `schema` as the search path of every connection made with it, for the `serve`
+/// process (whose store takes no schema option): libpq's `options` parameter, which the
+/// server reads as `-c search_path=...` at each connection's start.
+fn with_search_path(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
 }
 
 fn drop_schemas(url: &str, schemas: &[String]) {
@@ -714,7 +739,8 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(args: &Args, dir: &std::path::Path) -> Result<Serve, String> {
+    /// Starts `outbox serve` on `database` (an SQLite path or a PostgreSQL URL).
+    fn start(args: &Args, dir: &std::path::Path, database: &str) -> Result<Serve, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         // target/release/examples/bench -> target/release/outbox
         let binary = exe
@@ -729,7 +755,7 @@ impl Serve {
         };
         let child = std::process::Command::new(binary)
             .arg("serve")
-            .env("OUTBOX_DATABASE", dir.join("serve.db"))
+            .env("OUTBOX_DATABASE", database)
             .env("OUTBOX_KEY_FILE", dir.join("serve.key"))
             .env("OUTBOX_LISTEN", format!("127.0.0.1:{port}"))
             .env("OUTBOX_SENDERS", args.senders.to_string())
@@ -1033,16 +1059,19 @@ fn ms(d: Duration) -> String {
 }
 
 /// 4-6: the real `outbox serve` process: enqueue rate, latency, memory and idle CPU.
+/// Figures are named with `backend`, the store `database` is.
 fn serve_section(
     args: &Args,
     receiver: &Receiver,
     dir: &std::path::Path,
+    backend: &str,
+    database: &str,
 ) -> Result<Vec<(String, String)>, String> {
-    let serve = Serve::start(args, dir)?;
+    let serve = Serve::start(args, dir, database)?;
     let pid = serve.pid();
     let mut figures = Vec::new();
     figures.push((
-        "memory: outbox serve RSS once started".into(),
+        format!("memory: outbox serve RSS once started ({backend})"),
         memory_kib(pid).resident(),
     ));
     let peak_rss = Arc::new(AtomicU64::new(0));
@@ -1085,7 +1114,7 @@ fn serve_section(
         );
         figures.push((
             format!(
-                "enqueue: accepted/s, {} clients ({label})",
+                "enqueue: accepted/s, {} clients ({backend}, {label})",
                 args.enqueue_clients
             ),
             format!("{:.0}   ({failed} failed)", rate(accepted, took)),
@@ -1099,6 +1128,8 @@ fn serve_section(
 
     // 5. Latency at a fixed offered rate: from the start of the enqueue request to the
     // receiver seeing the first attempt.
+    // The same run ids as an earlier backend's section: what it saw is forgotten.
+    receiver.first_seen.lock().unwrap().clear();
     receiver.track.store(true, Ordering::Relaxed);
     let total = args.rate as u64 * args.latency_seconds;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
@@ -1139,7 +1170,10 @@ fn serve_section(
         .collect();
     latencies.sort();
     figures.push((
-        format!("latency: enqueue -> first attempt at {}/s", args.rate),
+        format!(
+            "latency: enqueue -> first attempt at {}/s ({backend})",
+            args.rate
+        ),
         format!(
             "p50 {}   p99 {}   max {}   ({} of {})",
             ms(percentile(&latencies, 0.5)),
@@ -1153,7 +1187,7 @@ fn serve_section(
     let _ = sampler.join();
     let hwm = memory_kib(pid).peak;
     figures.push((
-        "memory: outbox serve peak RSS under load".into(),
+        format!("memory: outbox serve peak RSS under load ({backend})"),
         format!(
             "{:.1} MiB (VmHWM {:.1} MiB)",
             peak_rss.load(Ordering::Relaxed) as f64 / 1024.0,
@@ -1169,13 +1203,16 @@ fn serve_section(
     let ticks = cpu_ticks(pid) - ticks_before;
     let cpu_percent = ticks as f64 / TICKS_PER_SECOND / idle_start.elapsed().as_secs_f64() * 100.0;
     figures.push((
-        format!("idle: CPU over {} s, RSS", args.idle_seconds),
+        format!("idle: CPU over {} s, RSS ({backend})", args.idle_seconds),
         format!(
             "{cpu_percent:.2} % of one core ({ticks} ticks), RSS {}",
             memory_kib(pid).resident()
         ),
     ));
     let code = serve.stop()?;
-    figures.push(("serve: exit code after SIGTERM".into(), code.to_string()));
+    figures.push((
+        format!("serve: exit code after SIGTERM ({backend})"),
+        code.to_string(),
+    ));
     Ok(figures)
 }
