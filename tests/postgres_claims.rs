@@ -224,6 +224,43 @@ fn a_row_due_behind_the_floor_is_claimed_within_a_second() {
     assert_eq!(late[0].delivery.workflow_run_id, 2);
 }
 
+/// The floor's age runs from the claim that walked from the index's head: claims that keep
+/// finding rows from the floor do not keep it fresh, or a row behind it would wait for a
+/// lull in the load.
+#[test]
+fn a_row_behind_the_floor_is_claimed_within_a_second_under_steady_claims() {
+    let Some(t) = common::postgres() else { return };
+    let store = &t.store;
+    let now = clock::now();
+    store.create(&due_at(1, now - secs(10)), now).unwrap();
+    assert_eq!(store.claim_due(now, 10, LEASE).unwrap().len(), 1);
+    let other = store::open(&t.database, &StoreOptions::default()).unwrap();
+    other.create(&due_at(2, now - secs(60)), now).unwrap();
+
+    // Claims every 400 ms, each finding a row this store enqueued.
+    let mut found_behind = None;
+    for (i, run) in (3..8).enumerate() {
+        let at = now + time::Duration::milliseconds(400 * (i as i64 + 1));
+        store.create(&due_at(run, at - secs(1)), at).unwrap();
+        let runs: Vec<i64> = store
+            .claim_due(at, 10, LEASE)
+            .unwrap()
+            .iter()
+            .map(|c| c.delivery.workflow_run_id)
+            .collect();
+        assert!(runs.contains(&run), "claim at {at}: {runs:?}");
+        if runs.contains(&2) {
+            found_behind = Some(at - now);
+            break;
+        }
+    }
+    let found = found_behind.expect("row 2 claimed in 2 s of steady claims");
+    assert!(
+        found > time::Duration::milliseconds(500) && found <= secs(1) + secs(1) / 5,
+        "claimed once the floor was a second old, not at {found}"
+    );
+}
+
 #[test]
 fn rows_this_store_makes_due_earlier_are_claimed_at_once() {
     let Some(t) = common::postgres() else { return };

@@ -214,10 +214,11 @@ pub struct PostgresStore {
     floor: Mutex<Option<ClaimFloor>>,
 }
 
-/// How long a claim may start its walk of the due index at the last claim's first row
-/// instead of at the index's head (see [`ClaimFloor`]). A row that becomes claimable
+/// How long after a claim that walked the due index from its head later claims may start
+/// their walk at the floor instead (see [`ClaimFloor`]). A row that becomes claimable
 /// behind the floor without this store's knowing (a lease running out; another process
-/// enqueuing a row due in the past) is claimed at most this much later.
+/// enqueuing a row due in the past) is claimed at most this much later, however busy the
+/// claims are.
 const FLOOR_TTL: time::Duration = time::Duration::seconds(1);
 
 /// Where the last claim found its first claimable row. Rows done are dead entries at the
@@ -230,7 +231,9 @@ const FLOOR_TTL: time::Duration = time::Duration::seconds(1);
 struct ClaimFloor {
     /// The earliest `scheduled_for` of the rows the last claim took.
     due: OffsetDateTime,
-    /// That claim's `now`.
+    /// The `now` of the last claim that walked from the index's head. Claims from the floor
+    /// move `due` but keep this: were it renewed by every claim that finds rows, a steady
+    /// load would keep the floor fresh for ever, and a row behind it would wait for a lull.
     set_at: OffsetDateTime,
 }
 
@@ -316,6 +319,17 @@ impl PostgresStore {
 
     fn set_claim_floor(&self, floor: Option<ClaimFloor>) {
         *self.floor.lock().unwrap_or_else(|e| e.into_inner()) = floor;
+    }
+
+    /// A claim at `now` found rows due from `due` on, walking from the index's head unless
+    /// it started at a fresh floor.
+    fn move_claim_floor(&self, due: OffsetDateTime, now: OffsetDateTime, from_floor: bool) {
+        let mut floor = self.floor.lock().unwrap_or_else(|e| e.into_inner());
+        let set_at = match *floor {
+            Some(old) if from_floor => old.set_at,
+            _ => now,
+        };
+        *floor = Some(ClaimFloor { due, set_at });
     }
 
     /// This store has made rows pending that are due at `due` or later.
@@ -762,7 +776,7 @@ impl super::Store for PostgresStore {
             Ok((claims, first_due))
         })?;
         if let Some(due) = first_due {
-            self.set_claim_floor(Some(ClaimFloor { due, set_at: now }));
+            self.move_claim_floor(due, now, floor.is_some());
         }
         claims.sort_by_key(|c| c.delivery.id);
         Ok(claims)
