@@ -6,7 +6,7 @@
 //! index on attempts, and their history keeps its order both ways. The claim floor: a claim
 //! starts its walk of the due index where the last one found its first row, and a row due
 //! earlier is still claimed, at once when this store made it, within a second when another
-//! process did.
+//! process did; `next_due_at`, which the engine waits on, sees it within a second too.
 
 mod common;
 
@@ -259,6 +259,43 @@ fn a_row_behind_the_floor_is_claimed_within_a_second_under_steady_claims() {
         found > time::Duration::milliseconds(500) && found <= secs(1) + secs(1) / 5,
         "claimed once the floor was a second old, not at {found}"
     );
+}
+
+/// The engine claims only when `next_due_at` says a row is due, so what it misses behind a
+/// fresh floor it must see once the floor is stale: here a lease another process took and
+/// left to run out (it was killed), behind the rows this store claimed since.
+#[test]
+fn next_due_sees_a_lease_left_behind_the_floor_within_a_second() {
+    let Some(t) = common::postgres() else { return };
+    let store = &t.store;
+    let now = clock::now();
+    store.create(&due_at(1, now - secs(10)), now).unwrap();
+    store.create(&due_at(2, now - secs(5)), now).unwrap();
+    let other = store::open(&t.database, &StoreOptions::default()).unwrap();
+    let short = Duration::from_millis(300);
+    let killed = other.claim_due(now, 1, short).unwrap();
+    assert_eq!(killed[0].delivery.workflow_run_id, 1);
+    let ours = store.claim_due(clock::now(), 10, LEASE).unwrap();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].delivery.workflow_run_id, 2, "the floor is at row 2");
+
+    let start = Instant::now();
+    let seen = loop {
+        let next = store.next_due_at().unwrap();
+        if next.is_some_and(|at| at <= clock::now()) {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "row 1's lease ran out but next_due_at still says {next:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(seen >= short, "not before the lease ran out: {seen:?}");
+    let again = store.claim_due(clock::now(), 10, LEASE).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.workflow_run_id, 1);
+    assert_eq!(again[0].attempt(), 2);
 }
 
 #[test]

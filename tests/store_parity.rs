@@ -50,6 +50,7 @@ parity_suite!(
     migrations_up_down_up_leave_an_identical_schema,
     payload_and_headers_round_trip_byte_for_byte,
     stats_and_next_due,
+    next_due_sees_rows_made_due_before_the_last_claims,
     credentials_are_scoped_to_their_organization,
     batch_create_commits_items_independently,
     concurrent_batches_bind_each_run_to_one_organization,
@@ -894,6 +895,46 @@ fn stats_and_next_due(store: &Arc<dyn Store>) {
     assert_eq!(stats.due, 0, "leased rows are not due");
     assert_eq!(stats.oldest_due_ms, None);
     assert_eq!(store.next_due_at().unwrap(), Some(now + secs(60)));
+}
+
+/// Rows this store makes due before the rows it last claimed (a retry, an enqueue due in the
+/// past) are what the engine sleeps until: PostgreSQL's answer starts at its claim floor,
+/// which they must lower.
+fn next_due_sees_rows_made_due_before_the_last_claims(store: &Arc<dyn Store>) {
+    let now = clock::now();
+    store.create(&due_at(1, now - secs(10)), now).unwrap();
+    store.create(&due_at(2, now - secs(5)), now).unwrap();
+    let claim = || store.claim_due(now, 1, LEASE).unwrap().remove(0);
+    let first = claim();
+    assert_eq!(first.delivery.workflow_run_id, 1);
+    assert_eq!(claim().delivery.workflow_run_id, 2);
+    assert_eq!(
+        store.next_due_at().unwrap(),
+        Some(now + secs(90)),
+        "the leases"
+    );
+
+    let retry = Transition::Retry {
+        at: now + secs(30),
+        status_code: Some(503),
+        error: "HTTP 503".into(),
+    };
+    assert_eq!(
+        store.record(&[outcome(&first, retry, None)], now).unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store.next_due_at().unwrap(),
+        Some(now + secs(30)),
+        "the retry"
+    );
+
+    store.create(&due_at(3, now - secs(60)), now).unwrap();
+    assert_eq!(
+        store.next_due_at().unwrap(),
+        Some(now - secs(60)),
+        "an enqueue due before both"
+    );
 }
 
 fn credentials_are_scoped_to_their_organization(store: &Arc<dyn Store>) {

@@ -253,6 +253,9 @@ pub trait Store: Send + Sync {
     fn stats(&self, now: OffsetDateTime) -> Result<Stats>;
 
     /// When the next pending row becomes due (or its lease ends), for the engine's sleep.
+    /// The engine claims only when this says a row is due, so it must not miss one for
+    /// long: PostgreSQL may see a row another process made due before the rows this store
+    /// last claimed up to a second late (see its claim floor), never later.
     ///
     /// # Errors
     /// The database error.
