@@ -32,7 +32,18 @@ fn child_engine() {
     }
 }
 
-fn spawn_engine(t: &TestStore) -> Child {
+/// An engine process, killed with SIGKILL when dropped: by the test, or by a failing
+/// assertion's unwinding, which would otherwise leave it running for ever.
+struct ChildEngine(Child);
+
+impl Drop for ChildEngine {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_engine(t: &TestStore) -> ChildEngine {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args(["child_engine", "--exact", "--ignored", "--nocapture"])
@@ -44,7 +55,7 @@ fn spawn_engine(t: &TestStore) -> Child {
             .env("OUTBOX_CHILD_DATABASE", common::postgres_url().unwrap())
             .env("OUTBOX_CHILD_SCHEMA", schema);
     }
-    command.spawn().expect("spawn child engine")
+    ChildEngine(command.spawn().expect("spawn child engine"))
 }
 
 fn enqueue_many(store: &Arc<dyn Store>, url: &str, n: i64) -> HashMap<String, String> {
@@ -81,9 +92,8 @@ fn wait_all_succeeded(store: &Arc<dyn Store>, n: u64, timeout: Duration) {
     }
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+fn kill(child: ChildEngine) {
+    drop(child);
 }
 
 fn killed_mid_run_then_restarted_delivers_everything(t: &TestStore) {
