@@ -92,10 +92,6 @@ fn wait_all_succeeded(store: &Arc<dyn Store>, n: u64, timeout: Duration) {
     }
 }
 
-fn kill(child: ChildEngine) {
-    drop(child);
-}
-
 fn killed_mid_run_then_restarted_delivers_everything(t: &TestStore) {
     const N: i64 = 1000;
     // A little slow per request, so the kill lands mid-run.
@@ -108,7 +104,7 @@ fn killed_mid_run_then_restarted_delivers_everything(t: &TestStore) {
     let child = spawn_engine(t);
     let before_kill = receiver.wait_for(200, Duration::from_secs(30)).len();
     assert!(before_kill >= 200);
-    kill(child);
+    drop(child); // SIGKILL
     let at_kill = receiver.received().len();
     assert!(
         at_kill < N as usize,
@@ -117,7 +113,7 @@ fn killed_mid_run_then_restarted_delivers_everything(t: &TestStore) {
 
     let child = spawn_engine(t);
     wait_all_succeeded(&t.store, N as u64, Duration::from_secs(90));
-    kill(child);
+    drop(child); // SIGKILL
 
     let got = receiver.received();
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -169,8 +165,8 @@ fn postgres_two_engines_deliver_each_row_exactly_once() {
     let a = spawn_engine(&t);
     let b = spawn_engine(&t);
     wait_all_succeeded(&t.store, N as u64, Duration::from_secs(90));
-    kill(a);
-    kill(b);
+    drop(a); // SIGKILL
+    drop(b); // SIGKILL
     let counts = receiver.count_by_header("X-Dograh-Delivery-Id");
     assert_eq!(counts.len(), payloads.len(), "every delivery arrived");
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
