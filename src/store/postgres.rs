@@ -1109,9 +1109,9 @@ impl super::Store for PostgresStore {
         // index's head they step over every done row's dead entry (measured: 12-25 ms each,
         // 1,000/s enqueued, ~130,000 rows done without a VACUUM, and every delivery's first
         // attempt waited that long). A fresh floor misses rows behind it that this store did
-        // not make pending (a lease another process left to run out); a stale one is not
-        // used, so they are seen within FLOOR_TTL. Never a stale floor: the engine claims
-        // only when this says something is due, so a row it missed would wait for ever.
+        // not make pending (a lease another process left to run out); a stale one is never
+        // used, so they are seen within FLOOR_TTL: the engine claims only when this says a
+        // row is due, and a row missed for good would wait for ever.
         // Freshness is judged by the system clock, as this call is given no `now`; under a
         // test's clock the floor is then stale, which is slower, never wrong.
         let floor = self.claim_floor(crate::clock::now());
